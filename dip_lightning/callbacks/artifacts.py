@@ -1,0 +1,111 @@
+"""Write what a fit leaves in its run directory: ``restored.png`` and ``metrics.json``."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from dip_lightning.data.io import save_image
+from dip_lightning.io_utils import atomic_write_json
+
+if TYPE_CHECKING:
+    from dip_lightning.tasks.base import DIPModule
+
+log = logging.getLogger(__name__)
+
+
+def run_directory(trainer: Trainer) -> Path:
+    """The run directory: the logger's ``log_dir``, else ``trainer.default_root_dir``."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class RunArtifacts(Callback):
+    """Time every step and, when the fit ends, write ``restored.png`` and ``metrics.json``.
+
+    ``seconds_per_step`` is the median step time after the first ``warmup`` steps.
+    """
+
+    def __init__(self, filename: str = "restored.png", warmup: int = 5) -> None:
+        self.filename = filename
+        self.warmup = warmup
+        self._ends: list[float] = []
+        self._start = 0.0
+        self._first_step = 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._ends = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._first_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._ends.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float | None:
+        """Median seconds per step after the warm-up (``None`` before enough steps ran)."""
+        times = [b - a for a, b in zip(self._ends, self._ends[1:])][self.warmup - 1 :]
+        if not times and len(self._ends) >= 2:
+            times = [b - a for a, b in zip(self._ends, self._ends[1:])]
+        return statistics.median(times) if times else None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step == 0 or trainer.sanity_checking:
+            return
+        self.write(trainer, pl_module)  # type: ignore[arg-type]
+
+    def metrics(self, trainer: Trainer, module: DIPModule) -> dict[str, Any]:
+        """Every key of ``metrics.json`` for the current state of ``module``."""
+        from dip_lightning.tasks.base import psnr, ssim
+
+        assert module.sample is not None
+        restored = module.restored()
+        channels, height, width = restored.shape
+        steps = int(trainer.global_step)
+        metrics: dict[str, Any] = {
+            "task": module.task_name,
+            "image": module.sample.name,
+            "steps": steps,
+            "selected_step": steps,
+            "seconds": round(time.perf_counter() - self._start, 3),
+            "seconds_per_step": self.seconds_per_step(),
+            "height": int(height),
+            "width": int(width),
+            "channels": int(channels),
+            "parameters": module.parameters_count,
+            "recoveries": int(module.recoveries),
+        }
+        clean = module.sample.clean
+        if clean is not None:
+            metrics["psnr"] = float(psnr(restored[None], clean[None]))
+            metrics["ssim"] = float(ssim(restored[None], clean[None]))
+            observation = module.sample.observation
+            if observation.shape == clean.shape:
+                metrics["input_psnr"] = float(psnr(observation[None], clean[None]))
+            metrics["peak_psnr"] = float(module.peak_psnr)
+            metrics["peak_step"] = int(module.peak_step)
+        return metrics
+
+    def write(self, trainer: Trainer, module: DIPModule) -> Path:
+        """Write ``restored.png`` and ``metrics.json`` into the run directory, atomically."""
+        assert module.sample is not None
+        directory = run_directory(trainer)
+        metrics = self.metrics(trainer, module)
+        image_path = directory / self.filename
+        save_image(module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha)
+        atomic_write_json(directory / "metrics.json", metrics)
+        summary = ", ".join(
+            f"{key} {metrics[key]:.2f}" for key in ("psnr", "input_psnr") if key in metrics
+        )
+        log.info("wrote %s%s", image_path, f" ({summary})" if summary else "")
+        return image_path
+
+
+__all__ = ["RunArtifacts", "run_directory"]

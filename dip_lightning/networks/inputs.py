@@ -1,0 +1,53 @@
+"""The fixed network input ``z`` of Deep Image Prior."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+InputType = Literal["uniform", "normal", "meshgrid"]
+INPUT_TYPES: tuple[str, ...] = ("uniform", "normal", "meshgrid")
+
+
+def make_input(
+    kind: str,
+    channels: int,
+    height: int,
+    width: int,
+    *,
+    generator: torch.Generator,
+    scale: float = 0.1,
+) -> torch.Tensor:
+    """Draw the fixed input ``z`` of shape ``(1, channels, height, width)``.
+
+    - ``uniform``: U[0, 1) times ``scale`` (the paper's input: uniform in [0, 0.1]);
+    - ``normal``: N(0, 1) times ``scale``;
+    - ``meshgrid``: two channels holding the x and y coordinates in [0, 1] (the paper's input for
+      region inpainting); ``channels`` must be 2 and no random number is drawn.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> z = make_input("uniform", 4, 5, 7, generator=g)
+    >>> z.shape, bool(z.min() >= 0), bool(z.max() < 0.1)
+    (torch.Size([1, 4, 5, 7]), True, True)
+    >>> make_input("meshgrid", 2, 2, 3, generator=g)[0, 0]
+    tensor([[0.0000, 0.5000, 1.0000],
+            [0.0000, 0.5000, 1.0000]])
+    """
+    if channels < 1:
+        raise ValueError(f"input depth must be >= 1, got {channels}")
+    shape = (1, channels, height, width)
+    if kind == "uniform":
+        return torch.rand(shape, generator=generator) * scale
+    if kind == "normal":
+        return torch.randn(shape, generator=generator) * scale
+    if kind == "meshgrid":
+        if channels != 2:
+            raise ValueError(
+                f"a meshgrid input has 2 channels; set input_depth: 2 (got {channels})"
+            )
+        ys = torch.linspace(0.0, 1.0, height) if height > 1 else torch.zeros(1)
+        xs = torch.linspace(0.0, 1.0, width) if width > 1 else torch.zeros(1)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack([grid_x, grid_y])[None]
+    raise ValueError(f"unknown input type {kind!r}; choose one of {', '.join(INPUT_TYPES)}")
