@@ -3,17 +3,60 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dip_lightning.callbacks.checkpoint import LastCheckpoint
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import DIPError, one_line
 from dip_lightning.tasks.base import DIPModule
 
 log = logging.getLogger("dip_lightning")
+
+
+def tidy_parser_message(message: str) -> str:
+    """One line from jsonargparse's message: for a value that fits none of a union's types, the
+    first specific error instead of the list of every subtype tried.
+
+    >>> tidy_parser_message(
+    ...     'Parser key "model":\\n  Does not validate against any of the Union subtypes\\n'
+    ...     "  Subtypes: [<class 'A'>, <class 'NoneType'>]\\n  Errors:\\n"
+    ...     "    - Problem with given class_path 'A':\\n        Parser key \\"lr\\":\\n"
+    ...     "          Expected a <class 'float'>. Got value: abc\\n"
+    ...     "    - Expected a <class 'NoneType'>\\n  Given value type: <class 'X'>")
+    'Parser key "model": Parser key "lr": Expected a float. Got value: abc'
+    """
+    if "Does not validate against any of the Union subtypes" in message:
+        head = message.split("Does not validate", 1)[0].strip()
+        lines = message.split("Errors:", 1)[-1].split("Given value type:", 1)[0].splitlines()
+        items: list[list[str]] = []
+        indent = -1
+        for line in lines:
+            stripped = line.strip()
+            if not stripped:
+                continue
+            depth = len(line) - len(line.lstrip())
+            if stripped.startswith("- ") and (indent < 0 or depth <= indent):
+                indent = depth
+                items.append([stripped[2:]])
+            elif items:
+                items[-1].append(stripped)
+        details = [" ".join(item) for item in items]
+        details = [d for d in details if "NoneType" not in d] or details
+        if details:
+            detail = re.sub(r"^Problem with given class_path [^:]*:\s*", "", details[0])
+            message = f"{head} {detail}"
+    message = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", message)
+    return one_line(message)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
 
 
 class DIPArgumentParser(LightningArgumentParser):
@@ -22,7 +65,8 @@ class DIPArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
-        sys.stderr.write(f"error: {one_line(message)} (see {self.prog} --help)\n")
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {tidy_parser_message(message)} (see {prog} --help)\n")
         self.exit(2)
 
 
@@ -31,8 +75,10 @@ class DIPCLI(LightningCLI):
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("seed_everything_default", 0)
+        # every random number is drawn from explicit generators seeded by model.seed / data.seed
+        kwargs.setdefault("seed_everything_default", False)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("trainer_defaults", {"callbacks": [LastCheckpoint()]})
         super().__init__(
             DIPModule,
             SingleImageDataModule,
@@ -46,6 +92,14 @@ class DIPCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": "dip_lightning.tasks.DenoisingDIP"}})
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # Build the network, z and the observation before the trainer exists, so that a bad
+        # setting fails before anything (a log folder, a config file) is written.
+        model, data = self.model, self.datamodule
+        if isinstance(model, DIPModule) and isinstance(data, SingleImageDataModule):
+            model.attach(data)
+        return super().instantiate_trainer(**kwargs)
+
     def after_fit(self) -> None:
         directory = self.trainer.log_dir or self.trainer.default_root_dir
         log.info("run directory: %s", directory)
@@ -57,6 +111,8 @@ class DIPCLI(LightningCLI):
 
 
 def _configure_logging() -> None:
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
     logger = logging.getLogger("dip_lightning")
     if not logger.handlers:
         handler = logging.StreamHandler()
@@ -66,11 +122,27 @@ def _configure_logging() -> None:
         logger.propagate = False
 
 
+def user_error(exc: BaseException) -> DIPError | None:
+    """The :class:`DIPError` behind ``exc``, following ``__cause__``/``__context__`` (parsers
+    and instantiators wrap the errors that classes raise in their ``__init__``)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DIPError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dip`` console script and ``python -m dip_lightning``."""
     _configure_logging()
     try:
         DIPCLI(args=args)
-    except DIPError as error:
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
         sys.stderr.write(f"error: {error}\n")
         raise SystemExit(2) from None

@@ -99,7 +99,9 @@ class RunArtifacts(Callback):
         directory = run_directory(trainer)
         metrics = self.metrics(trainer, module)
         image_path = directory / self.filename
-        save_image(module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha)
+        save_image(
+            module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha
+        )
         atomic_write_json(directory / "metrics.json", metrics)
         summary = ", ".join(
             f"{key} {metrics[key]:.2f}" for key in ("psnr", "input_psnr") if key in metrics

@@ -88,7 +88,9 @@ class SingleImageDataModule(LightningDataModule):
         grayscale: bool | None = None,
     ) -> None:
         super().__init__()
-        _check_range("noise_sigma", noise_sigma, 0.0, 255.0, "give the noise std on the 0-255 scale")
+        _check_range(
+            "noise_sigma", noise_sigma, 0.0, 255.0, "give the noise std on the 0-255 scale"
+        )
         self.image_path = Path(image) if image else sample_image_path()
         self.clean_path = Path(clean) if clean else None
         self.noise_sigma = float(noise_sigma)
@@ -109,7 +111,8 @@ class SingleImageDataModule(LightningDataModule):
             )
 
     @property
-    def name(self) -> str:
+    def image_name(self) -> str:
+        """The input's file name without its suffix (``cat`` for the embedded sample)."""
         return self.image_path.stem
 
     def make_sample(self, degradation: Degradation) -> ImageSample:
@@ -127,7 +130,7 @@ class SingleImageDataModule(LightningDataModule):
             clean=clean,
             info=self.image.info,
             alpha=self.image.alpha,
-            name=self.name,
+            name=self.image_name,
             simulated=self.simulate,
         )
 

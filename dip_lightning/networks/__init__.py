@@ -11,6 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from dip_lightning.errors import ConfigError
+
 from .blocks import (
     Concat,
     Downsampler,
@@ -54,7 +56,7 @@ def build_network(name: str, in_channels: int, out_channels: int, **kwargs: Any)
     key = name.lower()
     if key not in NETWORKS:
         choices = ", ".join(repr(n) for n in NETWORKS)
-        raise ValueError(f"unknown network {name!r}; expected one of {choices}")
+        raise ConfigError(f"unknown network {name!r}; expected one of {choices}")
     return NETWORKS[key](in_channels, out_channels, **kwargs)
 
 

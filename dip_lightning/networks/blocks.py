@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dip_lightning.errors import ConfigError
+
 __all__ = [
     "ACTIVATIONS",
     "DOWNSAMPLE_MODES",
@@ -60,7 +62,7 @@ def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
     """Return ``value`` if it is one of ``allowed``, else raise a ``ValueError`` naming them."""
     if value not in allowed:
         choices = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
+        raise ConfigError(f"unknown {name} {value!r}; expected one of {choices}")
     return value
 
 
@@ -208,9 +210,9 @@ def lanczos_kernel(
     ``lanczos3`` widths); with ``phase=0.5`` the kernel has ``kernel_width - 1`` taps per side.
     """
     if support <= 0:
-        raise ValueError(f"support must be positive, got {support}")
+        raise ConfigError(f"support must be positive, got {support}")
     if phase not in (0, 0.5):
-        raise ValueError(f"phase must be 0 or 0.5, got {phase}")
+        raise ConfigError(f"phase must be 0 or 0.5, got {phase}")
     if kernel_width is None:
         kernel_width = 2 * support * factor + 1
     size = kernel_width - 1 if phase == 0.5 else kernel_width
@@ -275,21 +277,21 @@ def get_kernel(
     """
     base, width, sup, sig = _resolve_kernel(kernel_type, factor, kernel_width, support, sigma)
     if phase not in (0, 0.5):
-        raise ValueError(f"phase must be 0 or 0.5, got {phase}")
+        raise ConfigError(f"phase must be 0 or 0.5, got {phase}")
     if width is None or width < 1:
-        raise ValueError(f"kernel_width must be a positive int for kernel {kernel_type!r}")
+        raise ConfigError(f"kernel_width must be a positive int for kernel {kernel_type!r}")
     if base == "box":
         if phase != 0.5:
-            raise ValueError("the box kernel is always half-phased: use phase=0.5")
+            raise ConfigError("the box kernel is always half-phased: use phase=0.5")
         return torch.full((width, width), 1.0 / (width * width), dtype=torch.float64)
     if base == "gauss":
         if not sig:
-            raise ValueError("sigma must be given for a gauss kernel")
+            raise ConfigError("sigma must be given for a gauss kernel")
         if phase == 0.5:
-            raise ValueError("phase 0.5 is not implemented for a gauss kernel: use phase=0")
+            raise ConfigError("phase 0.5 is not implemented for a gauss kernel: use phase=0")
         return _gauss_kernel(width, sig)
     if not sup:
-        raise ValueError("support must be given for a lanczos kernel")
+        raise ConfigError("support must be given for a lanczos kernel")
     return lanczos_kernel(factor, sup, phase=phase, kernel_width=width)
 
 

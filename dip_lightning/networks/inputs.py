@@ -6,6 +6,8 @@ from typing import Literal
 
 import torch
 
+from dip_lightning.errors import ConfigError
+
 InputType = Literal["uniform", "normal", "meshgrid"]
 INPUT_TYPES: tuple[str, ...] = ("uniform", "normal", "meshgrid")
 
@@ -35,7 +37,7 @@ def make_input(
             [0.0000, 0.5000, 1.0000]])
     """
     if channels < 1:
-        raise ValueError(f"input depth must be >= 1, got {channels}")
+        raise ConfigError(f"input depth must be >= 1, got {channels}")
     shape = (1, channels, height, width)
     if kind == "uniform":
         return torch.rand(shape, generator=generator) * scale
@@ -43,11 +45,11 @@ def make_input(
         return torch.randn(shape, generator=generator) * scale
     if kind == "meshgrid":
         if channels != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"a meshgrid input has 2 channels; set input_depth: 2 (got {channels})"
             )
         ys = torch.linspace(0.0, 1.0, height) if height > 1 else torch.zeros(1)
         xs = torch.linspace(0.0, 1.0, width) if width > 1 else torch.zeros(1)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         return torch.stack([grid_x, grid_y])[None]
-    raise ValueError(f"unknown input type {kind!r}; choose one of {', '.join(INPUT_TYPES)}")
+    raise ConfigError(f"unknown input type {kind!r}; choose one of {', '.join(INPUT_TYPES)}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dip_lightning.errors import ConfigError
+
 from .blocks import ACTIVATIONS, NORMS, PADDINGS, activation, check_choice, conv, norm
 
 __all__ = ["ResNet", "ResidualBlock"]
@@ -69,7 +71,7 @@ class ResNet(nn.Module):
         check_choice("norm", norm, NORMS)
         check_choice("padding", padding, PADDINGS)
         if num_blocks < 0 or num_channels < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"num_blocks must be >= 0 and num_channels >= 1, got {num_blocks}, {num_channels}"
             )
         self.in_channels = in_channels

@@ -25,6 +25,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from dip_lightning.errors import ConfigError
+
 from .blocks import (
     ACTIVATIONS,
     DOWNSAMPLE_MODES,
@@ -46,10 +48,10 @@ def _level_count(values: dict[str, int | str | list[int] | list[str]], levels: i
     lengths = {name: len(v) for name, v in values.items() if isinstance(v, list | tuple)}
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-        raise ValueError(f"per-level lists must all have the same length: {detail}")
+        raise ConfigError(f"per-level lists must all have the same length: {detail}")
     n = next(iter(lengths.values())) if lengths else levels
     if n < 1:
-        raise ValueError(f"the skip network needs at least one level, got {n}")
+        raise ConfigError(f"the skip network needs at least one level, got {n}")
     return n
 
 
@@ -130,7 +132,7 @@ class SkipNet(nn.Module):
         check_choice("padding", padding, PADDINGS)
         check_choice("activation", activation, ACTIVATIONS)
         if any(c < 1 for c in down + up) or any(c < 0 for c in skip):
-            raise ValueError(
+            raise ConfigError(
                 "channels_down/channels_up must be >= 1 and channels_skip >= 0, got "
                 f"{down}, {up}, {skip}"
             )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dip_lightning.errors import ConfigError
+
 from .blocks import NORMS, PADDINGS, check_choice, conv, norm
 
 __all__ = ["UNet"]
@@ -133,14 +135,14 @@ class UNet(nn.Module):
         check_choice("padding", padding, PADDINGS)
         check_choice("norm", norm, NORMS)
         if feature_scale < 1 or more_layers < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"feature_scale must be >= 1 and more_layers >= 0, got {feature_scale}, "
                 f"{more_layers}"
             )
         filters = [f // feature_scale for f in (64, 128, 256, 512, 1024)]
         extra = in_channels if concat_x else 0
         if min(filters) - extra < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"feature_scale={feature_scale} leaves too few channels "
                 f"({filters}, minus {extra} for concat_x)"
             )

@@ -56,6 +56,21 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return value
 
 
+def network_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
+    """The padded size at which ``net`` runs for an output of ``height`` x ``width``.
+
+    Each side is a multiple of ``net.multiple`` (the product of its downsampling factors) and at
+    least twice that, so the coarsest level still has 2 pixels for reflection padding.
+
+    >>> from dip_lightning.networks import SkipNet
+    >>> network_size(SkipNet(1, 1, channels_down=8, channels_up=8, channels_skip=2), 37, 100)
+    (64, 128)
+    """
+    multiple = int(getattr(net, "multiple", 1))
+    pad_h, pad_w = padded_size(height, width, multiple)
+    return max(pad_h, 2 * multiple), max(pad_w, 2 * multiple)
+
+
 class DIPModule(LightningModule):
     """Fit a randomly initialised network to one degraded image.
 
@@ -184,8 +199,7 @@ class DIPModule(LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = self.net_factory(self.input_depth, channels)
-        multiple = int(getattr(net, "multiple", 1))
-        pad_h, pad_w = padded_size(height, width, multiple)
+        pad_h, pad_w = network_size(net, height, width)
         top, left = (pad_h - height) // 2, (pad_w - width) // 2
         self.crop_box = CropBox(top=top, left=left, height=height, width=width)
         self.net = net
@@ -292,13 +306,14 @@ class DIPModule(LightningModule):
             bad = bad | (psnr_observed < self.guard_psnr - self.guard_drop_db)
         self._bad = bad
         self._psnr_observed = psnr_observed
-        self.last_output.copy_(x)
+        # a diverged output enters neither the last output nor the average
+        self.last_output.copy_(torch.where(bad, self.last_output, x))
         if self.ema_decay > 0:
             if step == 1:
                 self.output_ema.copy_(x)
             else:
-                weight = torch.where(bad, 0.0, 1.0 - self.ema_decay)
-                self.output_ema.lerp_(x, weight)
+                average = torch.lerp(self.output_ema, x, 1.0 - self.ema_decay)
+                self.output_ema.copy_(torch.where(bad, self.output_ema, average))
         if self.clean is not None:
             current = psnr(self.restored_batch(), self.clean)
             better = (current > self.peak_psnr) & ~bad
@@ -307,7 +322,7 @@ class DIPModule(LightningModule):
 
     def on_after_backward(self) -> None:
         """Roll back to the last good parameters when this step's output diverged."""
-        if self._bad is None or self.net is None:
+        if self.guard_drop_db is None or self._bad is None or self.net is None:
             return
         bad = self._bad
         params = [p for p in self.net.parameters() if p.requires_grad]

@@ -6,8 +6,6 @@ from typing import Any
 
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.degradations.identity import Identity
-
-
 from dip_lightning.tasks.base import DIPModule
 
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: small odd-sized images made from a seeded generator, and the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DIP_SHARED", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def smooth_image(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A natural-looking 8-bit test image: smooth colour gradients plus a few soft blobs."""
+    g = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(0, 1, height)[:, None]
+    xs = torch.linspace(0, 1, width)[None, :]
+    planes = []
+    for c in range(channels):
+        phase = torch.rand(3, generator=g) * 6.28
+        plane = 0.5 + 0.25 * torch.sin(4 * xs + phase[0]) * torch.cos(3 * ys + phase[1])
+        plane = plane + 0.2 * torch.exp(-((xs - 0.5) ** 2 + (ys - 0.4) ** 2) / 0.05) * (c + 1) / 3
+        planes.append(plane.clamp(0, 1))
+    array = (torch.stack(planes, -1) * 255).round().to(torch.uint8).numpy()
+    return array[..., 0] if channels == 1 else array
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def rgb_png(tmp_path: Path) -> Path:
+    """A 37x45 (HxW) RGB PNG."""
+    return write_png(tmp_path / "rgb.png", smooth_image(37, 45))
+
+
+@pytest.fixture
+def gray_png(tmp_path: Path) -> Path:
+    """A 33x29 grayscale PNG."""
+    return write_png(tmp_path / "gray.png", smooth_image(33, 29, channels=1))

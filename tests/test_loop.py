@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from dip_lightning.data import SingleImageDataModule
+from dip_lightning.networks import SkipNet
+from dip_lightning.tasks import DenoisingDIP, DIPModule
+from dip_lightning.tasks.base import psnr
+
+SmallNet = partial(SkipNet, channels_down=8, channels_up=8, channels_skip=2, levels=3)
+
+
+def make_trainer(tmp_path: Path, steps: int, **kwargs: Any) -> Trainer:
+    kwargs.setdefault("logger", False)
+    kwargs.setdefault("enable_checkpointing", False)
+    return Trainer(
+        max_steps=steps,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        **kwargs,
+    )
+
+
+def fit(tmp_path: Path, module: DIPModule, data: SingleImageDataModule, steps: int, **kw: Any):
+    trainer = make_trainer(tmp_path, steps, **kw)
+    trainer.fit(module, datamodule=data)
+    return trainer
+
+
+class Recorder(Callback):
+    """Keeps a copy of per-step values."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.outputs: list[torch.Tensor] = []
+        self.restored: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+        self.outputs.append(pl_module.last_output.clone())
+        self.restored.append(pl_module.restored_batch().clone())
+
+
+def test_a_short_fit_lowers_the_loss_on_a_32x32_image(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=8, lr=0.01)
+    recorder = Recorder()
+    fit(tmp_path, module, data, 30, callbacks=[recorder])
+    assert len(recorder.losses) == 30
+    first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
+    assert last < 0.5 * first
+    restored = module.restored()
+    assert restored.shape == (3, 37, 45)
+    assert torch.isfinite(restored).all()
+
+
+def test_z_is_a_seeded_uniform_buffer(rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png))
+    a, b = DenoisingDIP(net=SmallNet, input_depth=4), DenoisingDIP(net=SmallNet, input_depth=4)
+    a.attach(data)
+    b.attach(data)
+    assert "z" in dict(a.named_buffers())
+    assert a.z.shape == (1, 4, 40, 48)  # 37x45 padded to multiples of 2**3
+    assert torch.equal(a.z, b.z)
+    assert float(a.z.min()) >= 0 and float(a.z.max()) < 0.1
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_output_ema_follows_the_papers_recurrence(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=4, ema_decay=0.9)
+    recorder = Recorder()
+    fit(tmp_path, module, data, 6, callbacks=[recorder])
+    expected = recorder.outputs[0]
+    for output in recorder.outputs[1:]:
+        expected = 0.9 * expected + 0.1 * output
+    torch.testing.assert_close(module.output_ema, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_peak_psnr_is_tracked_at_every_step(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=4)
+    recorder = Recorder()
+    fit(tmp_path, module, data, 12, callbacks=[recorder])
+    clean = module.clean
+    values = [float(psnr(r, clean)) for r in recorder.restored]
+    best = max(range(len(values)), key=values.__getitem__)
+    assert float(module.peak_psnr) == pytest.approx(values[best], abs=1e-4)
+    assert int(module.peak_step) == best + 1
+
+
+class Sabotage(Callback):
+    """Wreck the parameters before a given step (by scaling or with a NaN)."""
+
+    def __init__(self, step: int, nan: bool) -> None:
+        self.step, self.nan = step, nan
+        self.before: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        params = list(pl_module.net.parameters())
+        self.before = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p in params:
+                if self.nan:
+                    p.fill_(float("nan"))
+                else:
+                    p.mul_(-25.0).add_(3.0)
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_divergence_guard_restores_the_last_good_parameters(
+    tmp_path: Path, rgb_png: Path, nan: bool
+) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=4)
+    sabotage, recorder = Sabotage(step=8, nan=nan), Recorder()
+    fit(tmp_path, module, data, 12, callbacks=[sabotage, recorder])
+    assert int(module.recoveries) >= 1
+    assert torch.isfinite(module.restored()).all()
+    assert all(math.isfinite(loss) for loss in recorder.losses[9:])
+    # the EMA ignored the wrecked output
+    assert torch.isfinite(module.output_ema).all()
+    assert float(psnr(module.output_ema, module.clean)) > 10
+
+
+def test_without_guard_a_nan_poisons_the_network_but_not_the_output(
+    tmp_path: Path, rgb_png: Path
+) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=4, guard_drop_db=None)
+    fit(tmp_path, module, data, 10, callbacks=[Sabotage(step=5, nan=True)])
+    assert not all(torch.isfinite(p).all() for p in module.net.parameters())
+    assert int(module.recoveries) == 0
+    assert torch.isfinite(module.restored()).all()  # the last finite output is kept
+
+
+def test_fits_are_deterministic_under_a_seed(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    outputs = []
+    for seed in (0, 0, 1):
+        module = DenoisingDIP(net=SmallNet, input_depth=4, seed=seed)
+        fit(tmp_path, module, data, 5)
+        outputs.append(module.restored())
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+def test_resumed_fit_equals_an_uninterrupted_one(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    whole = DenoisingDIP(net=SmallNet, input_depth=4)
+    fit(tmp_path / "whole", whole, data, 16)
+
+    first = DenoisingDIP(net=SmallNet, input_depth=4)
+    trainer = fit(tmp_path / "first", first, data, 8)
+    ckpt = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(ckpt)
+    second = DenoisingDIP(net=SmallNet, input_depth=4)
+    trainer = make_trainer(tmp_path / "second", 16)
+    trainer.fit(second, datamodule=data, ckpt_path=ckpt)
+    assert trainer.global_step == 16
+    assert torch.equal(whole.restored(), second.restored())
+    assert torch.equal(whole.peak_psnr, second.peak_psnr)
+
+
+def test_a_module_needs_the_single_image_datamodule(tmp_path: Path) -> None:
+    from dip_lightning.errors import ConfigError
+
+    class Other(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, i: int) -> int:
+            return 0
+
+    module: LightningModule = DenoisingDIP(net=SmallNet, input_depth=4)
+    with pytest.raises(ConfigError, match="SingleImageDataModule"):
+        make_trainer(tmp_path, 1).fit(module, torch.utils.data.DataLoader(Other()))
