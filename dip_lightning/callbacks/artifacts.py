@@ -51,9 +51,9 @@ class RunArtifacts(Callback):
 
     def seconds_per_step(self) -> float | None:
         """Median seconds per step after the warm-up (``None`` before enough steps ran)."""
-        times = [b - a for a, b in zip(self._ends, self._ends[1:])][self.warmup - 1 :]
+        times = [b - a for a, b in zip(self._ends, self._ends[1:], strict=False)][self.warmup - 1 :]
         if not times and len(self._ends) >= 2:
-            times = [b - a for a, b in zip(self._ends, self._ends[1:])]
+            times = [b - a for a, b in zip(self._ends, self._ends[1:], strict=False)]
         return statistics.median(times) if times else None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

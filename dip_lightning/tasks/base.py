@@ -99,6 +99,17 @@ class DIPModule(LightningModule):
     #: Short task name written to ``metrics.json``.
     task_name: str = "dip"
 
+    # buffers, registered by attach()
+    z: torch.Tensor
+    observation: torch.Tensor
+    clean: torch.Tensor | None
+    output_ema: torch.Tensor
+    last_output: torch.Tensor
+    peak_psnr: torch.Tensor
+    peak_step: torch.Tensor
+    guard_psnr: torch.Tensor
+    recoveries: torch.Tensor
+
     def __init__(
         self,
         net: NetFactory = SkipNet,
@@ -157,6 +168,7 @@ class DIPModule(LightningModule):
         self._generator_state: torch.Tensor | None = None
         self._guard_saved: list[torch.Tensor] = []
         self._bad: torch.Tensor | None = None
+        self._log_every = 50
 
     # ------------------------------------------------------------------ task hooks
 
@@ -167,6 +179,22 @@ class DIPModule(LightningModule):
     def output_size(self, sample: ImageSample) -> tuple[int, int]:
         """``(H, W)`` of the restored image; the observation's size unless the task changes it."""
         return int(sample.observation.shape[-2]), int(sample.observation.shape[-1])
+
+    def build_input(
+        self, data: SingleImageDataModule, height: int, width: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The fixed input ``z`` (``(1, input_depth, height, width)``, the padded network size).
+
+        Noise or a meshgrid (``input_type``) by default; a task may feed an image instead.
+        """
+        return make_input(
+            self.input_type,
+            self.input_depth,
+            height,
+            width,
+            generator=generator,
+            scale=self.input_scale,
+        )
 
     def data_term(self, prediction: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
         """The data term ``E(A(x_hat), y)``."""
@@ -183,7 +211,7 @@ class DIPModule(LightningModule):
     def setup(self, stage: str) -> None:
         if self.sample is not None:
             return
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = getattr(self._trainer, "datamodule", None)
         if not isinstance(data, SingleImageDataModule):
             raise ConfigError(
                 f"{type(self).__name__} needs a SingleImageDataModule (data: in the config)"
@@ -206,14 +234,12 @@ class DIPModule(LightningModule):
         self.degradation = degradation
         self.sample = sample
         generator = torch.Generator().manual_seed(self.seed)
-        z = make_input(
-            self.input_type,
-            self.input_depth,
-            pad_h,
-            pad_w,
-            generator=generator,
-            scale=self.input_scale,
-        )
+        z = self.build_input(data, pad_h, pad_w, generator)
+        if z.shape != (1, self.input_depth, pad_h, pad_w):
+            raise ConfigError(
+                f"the network input has shape {tuple(z.shape)}, expected "
+                f"{(1, self.input_depth, pad_h, pad_w)}; set model.input_depth to its channels"
+            )
         self.register_buffer("z", z)
         self.register_buffer("observation", sample.observation[None].clone())
         clean = sample.clean[None].clone() if sample.clean is not None else None
@@ -259,10 +285,11 @@ class DIPModule(LightningModule):
             generator.set_state(self._generator_state)
             self._generator_state = None
         self._generator = generator
+        self._log_every = max(int(getattr(self.trainer, "log_every_n_steps", 50)), 1)
 
     def perturbed_input(self) -> torch.Tensor:
         """``z + sigma_p * eps`` with fresh ``eps`` from the module's generator."""
-        z: torch.Tensor = self.z
+        z = self.z
         if self.sigma_p == 0 or self._generator is None:
             return z
         noise = torch.randn(z.shape, generator=self._generator, device=z.device, dtype=z.dtype)
@@ -286,7 +313,7 @@ class DIPModule(LightningModule):
         with torch.no_grad():
             self._after_output(x.detach(), prediction.detach(), loss.detach(), data.detach(), step)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
-        if step % self.trainer.log_every_n_steps == 0 or step == self.trainer.max_steps:
+        if step % self._log_every == 0 or step == self.trainer.max_steps:
             self.log_dict(self.step_metrics(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
@@ -329,7 +356,7 @@ class DIPModule(LightningModule):
         with torch.no_grad():
             if not self._guard_saved:
                 self._guard_saved = [p.detach().clone() for p in params]
-            for param, saved in zip(params, self._guard_saved):
+            for param, saved in zip(params, self._guard_saved, strict=False):
                 param.copy_(torch.where(bad, saved, param))
                 saved.copy_(param)
                 if param.grad is not None:

@@ -19,8 +19,8 @@ class DenoisingDIP(DIPModule):
 
     task_name = "denoise"
 
-    def __init__(self, *args: Any, ema_decay: float = 0.99, **kwargs: Any) -> None:
-        super().__init__(*args, ema_decay=ema_decay, **kwargs)
+    def __init__(self, *, ema_decay: float = 0.99, **kwargs: Any) -> None:
+        super().__init__(ema_decay=ema_decay, **kwargs)
 
     def build_degradation(self, data: SingleImageDataModule) -> Identity:
         return Identity(noise_sigma=data.noise_sigma)
