@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import sys
+import warnings
 from typing import Any, NoReturn
 
+from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -78,7 +81,13 @@ class DIPCLI(LightningCLI):
         # every random number is drawn from explicit generators seeded by model.seed / data.seed
         kwargs.setdefault("seed_everything_default", False)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [LastCheckpoint()]})
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "callbacks": [LastCheckpoint()],
+                "logger": lazy_instance(TensorBoardLogger, save_dir=".", default_hp_metric=False),
+            },
+        )
         super().__init__(
             DIPModule,
             SingleImageDataModule,
@@ -122,6 +131,11 @@ def _configure_logging() -> None:
         logger.propagate = False
 
 
+#: ``dip <command>`` entry points beside LightningCLI's subcommands: "module:function", each
+#: called with the remaining arguments.
+EXTRA_COMMANDS: dict[str, str] = {}
+
+
 def user_error(exc: BaseException) -> DIPError | None:
     """The :class:`DIPError` behind ``exc``, following ``__cause__``/``__context__`` (parsers
     and instantiators wrap the errors that classes raise in their ``__init__``)."""
@@ -137,9 +151,17 @@ def user_error(exc: BaseException) -> DIPError | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dip`` console script and ``python -m dip_lightning``."""
+    # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     _configure_logging()
+    argv = list(sys.argv[1:] if args is None else args)
+    command = EXTRA_COMMANDS.get(argv[0]) if argv else None
     try:
-        DIPCLI(args=args)
+        if command is not None:
+            module_name, function = command.rsplit(":", 1)
+            getattr(importlib.import_module(module_name), function)(argv[1:])
+        else:
+            DIPCLI(args=args)
     except Exception as exc:
         error = user_error(exc)
         if error is None:

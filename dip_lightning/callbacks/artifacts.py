@@ -91,6 +91,7 @@ class RunArtifacts(Callback):
                 metrics["input_psnr"] = float(psnr(observation[None], clean[None]))
             metrics["peak_psnr"] = float(module.peak_psnr)
             metrics["peak_step"] = int(module.peak_step)
+        metrics.update(module.extra_metrics(restored))
         return metrics
 
     def write(self, trainer: Trainer, module: DIPModule) -> Path:
@@ -103,6 +104,14 @@ class RunArtifacts(Callback):
             module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha
         )
         atomic_write_json(directory / "metrics.json", metrics)
+        numbers = {
+            f"final/{key}": float(value)
+            for key, value in metrics.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        for logger in trainer.loggers:
+            # fills TensorBoard's HParams tab: the module's hyperparameters beside the results
+            logger.log_hyperparams(module.hyperparameters_for_logging(), numbers)
         summary = ", ".join(
             f"{key} {metrics[key]:.2f}" for key in ("psnr", "input_psnr") if key in metrics
         )

@@ -206,6 +206,11 @@ class DIPModule(LightningModule):
         """An optional regulariser of the output ``x_hat``; none by default."""
         return None
 
+    def extra_metrics(self, restored: torch.Tensor) -> dict[str, float]:
+        """Task-specific entries of ``metrics.json`` for the final ``restored`` ``(C, H, W)``
+        image (on the CPU, in [0, 1]); none by default."""
+        return {}
+
     # ------------------------------------------------------------------ building
 
     def setup(self, stage: str) -> None:
@@ -256,6 +261,24 @@ class DIPModule(LightningModule):
         self.register_buffer("peak_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("guard_psnr", torch.tensor(float("-inf")))
         self.register_buffer("recoveries", torch.tensor(0, dtype=torch.long))
+
+    def hyperparameters_for_logging(self) -> dict[str, Any]:
+        """Flat hyperparameters for TensorBoard's HParams tab: the module's, the network's
+        class and arguments, and the data options."""
+        params: dict[str, Any] = {"task": self.task_name, **dict(self.hparams)}
+        factory = self.net_factory
+        keywords = getattr(factory, "keywords", {})
+        classes = [a for a in getattr(factory, "args", ()) if isinstance(a, type)]
+        net_class = classes[-1] if classes else factory
+        params["net"] = getattr(net_class, "__name__", str(net_class))
+        params.update({f"net.{key}": value for key, value in keywords.items()})
+        data = getattr(self._trainer, "datamodule", None)
+        if isinstance(data, SingleImageDataModule):
+            params.update({f"data.{key}": value for key, value in data.hparams.items()})
+        return {
+            key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in params.items()
+        }
 
     @property
     def parameters_count(self) -> int:
