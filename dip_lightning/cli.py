@@ -13,9 +13,11 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from dip_lightning import __version__
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import DIPError, one_line
+from dip_lightning.presets import print_presets, resolve_config_args
 from dip_lightning.tasks.base import DIPModule
 
 log = logging.getLogger("dip_lightning")
@@ -153,15 +155,22 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``dip`` console script and ``python -m dip_lightning``."""
     # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     _configure_logging()
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
+    if argv in (["--version"], ["-V"]):
+        print(f"dip-lightning {__version__}")
+        return
+    if argv[:1] == ["presets"]:
+        print_presets()
+        return
     command = EXTRA_COMMANDS.get(argv[0]) if argv else None
     try:
         if command is not None:
             module_name, function = command.rsplit(":", 1)
             getattr(importlib.import_module(module_name), function)(argv[1:])
         else:
-            DIPCLI(args=args)
+            DIPCLI(args=argv)
     except Exception as exc:
         error = user_error(exc)
         if error is None:
