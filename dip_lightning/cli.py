@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import signal
 import sys
 import warnings
 from typing import Any, NoReturn
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dip_lightning import __version__
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
@@ -171,6 +173,8 @@ def main(args: list[str] | None = None) -> None:
             getattr(importlib.import_module(module_name), function)(argv[1:])
         else:
             DIPCLI(args=argv)
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None
     except Exception as exc:
         error = user_error(exc)
         if error is None:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dip_lightning.callbacks.checkpoint import save_checkpoint_atomically
 from dip_lightning.data.io import save_image
 from dip_lightning.io_utils import atomic_write_json
 
@@ -61,6 +63,27 @@ class RunArtifacts(Callback):
             return
         self.write(trainer, pl_module)  # type: ignore[arg-type]
 
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """On Ctrl-C or SIGTERM: save a checkpoint and the output so far, and say where."""
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        module: DIPModule = pl_module  # type: ignore[assignment]
+        if trainer.global_step == 0 or module.sample is None:
+            return
+        directory = run_directory(trainer)
+        checkpoint = directory / "checkpoints" / "last.ckpt"
+        save_checkpoint_atomically(trainer, str(checkpoint))
+        image = self.write(trainer, module, interrupted=True)
+        log.warning(
+            "interrupted at step %d: wrote %s and %s; continue with --ckpt_path %s",
+            trainer.global_step,
+            image,
+            checkpoint,
+            checkpoint,
+        )
+
     def metrics(self, trainer: Trainer, module: DIPModule) -> dict[str, Any]:
         """Every key of ``metrics.json`` for the current state of ``module``."""
         from dip_lightning.tasks.base import psnr, ssim
@@ -94,11 +117,13 @@ class RunArtifacts(Callback):
         metrics.update(module.extra_metrics(restored))
         return metrics
 
-    def write(self, trainer: Trainer, module: DIPModule) -> Path:
+    def write(self, trainer: Trainer, module: DIPModule, interrupted: bool = False) -> Path:
         """Write ``restored.png`` and ``metrics.json`` into the run directory, atomically."""
         assert module.sample is not None
         directory = run_directory(trainer)
         metrics = self.metrics(trainer, module)
+        if interrupted:
+            metrics["interrupted"] = True
         image_path = directory / self.filename
         save_image(
             module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha

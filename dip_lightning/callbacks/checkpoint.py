@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from typing import Any
+from weakref import proxy
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from dip_lightning.io_utils import atomic_path
+
+
+def save_checkpoint_atomically(trainer: Trainer, path: str, weights_only: bool = False) -> None:
+    """``trainer.save_checkpoint`` through a temporary file renamed into place, so a killed
+    process leaves the previous checkpoint or the new one, never half of one."""
+    with atomic_path(path) as temporary:
+        trainer.save_checkpoint(temporary, weights_only)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -18,6 +28,14 @@ class LastCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_train_steps: int = 200, **kwargs: Any) -> None:
         kwargs.setdefault("save_top_k", 0)
         super().__init__(save_last=True, every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        save_checkpoint_atomically(trainer, filepath, self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step > 0 and self._last_global_step_saved != trainer.global_step:
