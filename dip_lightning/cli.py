@@ -137,7 +137,9 @@ def _configure_logging() -> None:
 
 #: ``dip <command>`` entry points beside LightningCLI's subcommands: "module:function", each
 #: called with the remaining arguments.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "search": "dip_lightning.search.cli:main",
+}
 
 
 def user_error(exc: BaseException) -> DIPError | None:
@@ -158,6 +160,8 @@ def main(args: list[str] | None = None) -> None:
     # Lightning 2.6 with torch >= 2.10 warns about its own use of torch's pytree API
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # one epoch is the whole fit, so Lightning's per-epoch logging advice does not apply
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller")
     _configure_logging()
     argv = resolve_config_args(list(sys.argv[1:] if args is None else args))
     if argv in (["--version"], ["-V"]):
