@@ -139,6 +139,7 @@ def _configure_logging() -> None:
 #: called with the remaining arguments.
 EXTRA_COMMANDS: dict[str, str] = {
     "search": "dip_lightning.search.cli:main",
+    "experiment": "dip_lightning.experiments:main",
 }
 
 

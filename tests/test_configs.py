@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import CONFIGS, smooth_image, write_png
@@ -15,14 +16,35 @@ ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml"))
 
 
 def small_inputs(config: Path, tmp_path: Path) -> list[str]:
-    """Command-line overrides that point a config at small synthetic inputs of its kind."""
+    """Command-line overrides that point a config at small synthetic inputs of its kind.
+
+    Every file its ``data`` section names gets a synthetic stand-in that fits: the image
+    (48x40, or 1/scale of it when it is a low-resolution input), and a clean reference, a guide
+    and a half-known mask of the restored image's size.
+    """
     spec = yaml.safe_load(config.read_text())
     data = spec.get("data") or {}
-    gray = bool(data.get("grayscale"))
-    image = write_png(tmp_path / "image.png", smooth_image(48, 40, 1 if gray else 3))
+    channels = 1 if data.get("grayscale") else 3
+    scale = int(data.get("scale") or 1)
+    simulate = data.get("simulate")
+    if simulate is None:
+        simulate = bool(
+            data.get("noise_sigma") or data.get("missing_ratio") or data.get("jpeg_quality")
+        )
+    height, width = 48, 40  # the restored image's size
+    low = 1 if simulate else scale  # a low-resolution input is 1/scale of that
+    image = write_png(tmp_path / "image.png", smooth_image(height // low, width // low, channels))
     args = ["--data.image", str(image)]
     if data.get("clean"):
-        args += ["--data.clean", str(image)]
+        clean = write_png(tmp_path / "clean.png", smooth_image(height, width, channels, seed=1))
+        args += ["--data.clean", str(clean)]
+    if data.get("guide"):
+        guide = write_png(tmp_path / "guide.png", smooth_image(height, width, channels, seed=2))
+        args += ["--data.guide", str(guide)]
+    if data.get("mask"):
+        rows, cols = np.indices((height, width)) // 4
+        mask = np.where((rows + cols) % 2 == 0, 255, 0).astype(np.uint8)
+        args += ["--data.mask", str(write_png(tmp_path / "mask.png", mask))]
     return args
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM during ``dip fit``: a checkpoint and the output so far, then an exact resume."""
+"""Ctrl-C and SIGTERM during `dip fit`: a checkpoint and the output so far, then an exact resume."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _start(root: Path, image: Path, steps: int) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_training(run: Path, process: subprocess.Popen[str], timeout: float = 120) -> None:
+def _wait_for_training(run: Path, process: subprocess.Popen[str], timeout: float = 600) -> None:
     """Wait until the fit has written its first periodic checkpoint (step 200)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

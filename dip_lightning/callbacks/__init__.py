@@ -2,6 +2,7 @@
 
 from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
+from dip_lightning.callbacks.fbc import FBCLogger
 from dip_lightning.callbacks.images import ImageLogger
 
-__all__ = ["ImageLogger", "LastCheckpoint", "RunArtifacts", "run_directory"]
+__all__ = ["FBCLogger", "ImageLogger", "LastCheckpoint", "RunArtifacts", "run_directory"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +47,29 @@ class RunArtifacts(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._first_step = trainer.global_step
+        self._install_sigint_handler(trainer)
+
+    def _install_sigint_handler(self, trainer: Trainer) -> None:
+        """Make the first Ctrl-C stop the fit at the end of the current step (as Lightning does
+        for SIGTERM), so the checkpoint it leaves resumes exactly; a second Ctrl-C stops at once.
+        """
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is None or threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop_after_this_step(signum: int, frame: Any) -> None:
+            if connector.received_sigterm:
+                raise KeyboardInterrupt
+            log.warning("stopping after this step (Ctrl-C again to stop at once)")
+            connector.received_sigterm = True
+
+        self._previous_sigint = signal.signal(signal.SIGINT, stop_after_this_step)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        previous = getattr(self, "_previous_sigint", None)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
+            self._previous_sigint = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int

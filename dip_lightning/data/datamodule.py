@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dip_lightning.data.io import ImageInfo, LoadedImage, load_image
+from dip_lightning.data.padding import CropBox, crop
 from dip_lightning.degradations.base import Degradation
+from dip_lightning.degradations.downsample import DOWNSAMPLE_FACTORS, bicubic_upsample
+from dip_lightning.degradations.masks import load_mask
 from dip_lightning.errors import ConfigError
+
+#: Values ``data.scale`` accepts: 1 (no super-resolution) and the factors of ``Downsample``.
+SCALES: tuple[int, ...] = (1, *DOWNSAMPLE_FACTORS)
 
 
 def sample_image_path() -> Path:
@@ -26,7 +35,9 @@ class ImageSample:
     """What a task fits: the observation ``y`` and, when known, the clean image.
 
     Tensors are ``(C, H, W)`` in [0, 1]. ``info`` and ``alpha`` describe the image that the
-    restored output replaces (its mode, bit depth and alpha channel are written back).
+    restored output replaces (its mode, bit depth and alpha channel are written back; ``alpha``
+    has the restored image's size). ``guide`` is a second image of the restored image's size
+    (the flash image of flash/no-flash), when one is given.
     """
 
     observation: torch.Tensor
@@ -35,6 +46,7 @@ class ImageSample:
     alpha: torch.Tensor | None
     name: str
     simulated: bool
+    guide: torch.Tensor | None = None
 
     @property
     def channels(self) -> int:
@@ -59,6 +71,42 @@ def _check_range(name: str, value: float, low: float, high: float, fix: str) -> 
         raise ConfigError(f"data.{name} = {value} is out of range [{low:g}, {high:g}]; {fix}")
 
 
+def _size(t: torch.Tensor) -> str:
+    """``WxH`` of a ``(..., H, W)`` tensor, the way image sizes are usually written."""
+    return f"{int(t.shape[-1])}x{int(t.shape[-2])}"
+
+
+def center_crop_box(height: int, width: int, multiple: int) -> CropBox:
+    """The centred region of an image whose sides are cut down to multiples of ``multiple``.
+
+    >>> center_crop_box(389, 584, 8)
+    CropBox(top=2, left=0, height=384, width=584)
+    """
+    new_h, new_w = height - height % multiple, width - width % multiple
+    return CropBox(top=(height - new_h) // 2, left=(width - new_w) // 2, height=new_h, width=new_w)
+
+
+def jpeg_compress(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """``x`` (``(C, H, W)`` in [0, 1], 1 or 3 channels) saved as an 8-bit JPEG and read back.
+
+    Pillow's encoder at ``quality`` (1-95) with its default 4:2:0 chroma subsampling, the way a
+    camera or a web page stores a photo; deterministic.
+
+    >>> y = jpeg_compress(torch.full((3, 16, 16), 0.5), 10)
+    >>> y.shape, round(float(y.mean()), 2)
+    (torch.Size([3, 16, 16]), 0.5)
+    """
+    array = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    pil = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    pil.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    decoded = np.asarray(Image.open(buffer).convert(pil.mode), dtype=np.float32) / 255.0
+    out = torch.from_numpy(decoded.copy())
+    out = out[None] if out.dim() == 2 else out.permute(2, 0, 1).contiguous()
+    return out.to(dtype=x.dtype, device=x.device)
+
+
 class SingleImageDataModule(LightningDataModule):
     """One image to restore, read with Pillow (see :func:`dip_lightning.data.io.load_image`).
 
@@ -68,14 +116,32 @@ class SingleImageDataModule(LightningDataModule):
         clean: a clean reference, used only for metrics (PSNR, SSIM).
         noise_sigma: std of the Gaussian noise of a simulated observation, on the 0-255 scale.
         simulate: treat ``image`` as clean and make the observation with the task's degradation;
-            on by default when ``noise_sigma`` is given.
+            on by default when ``noise_sigma``, ``missing_ratio`` or ``jpeg_quality`` is given.
         seed: seed of every synthetic degradation.
         grayscale: ``true`` converts a colour image to one channel, ``false`` expands a gray one
             to three, ``null`` keeps the file's channels.
+        mask: an inpainting mask file of the image's size (white = known pixel, black = missing;
+            gray or colour-per-channel as :func:`~dip_lightning.degradations.load_mask` reads
+            it). Without ``simulate`` the image is the observation and its missing pixels are
+            zeroed; with it, the image is the clean image and the mask hides its pixels.
+        missing_ratio: fraction of pixels dropped at random (seeded by ``seed``) for a
+            simulated inpainting observation, in (0, 1); 0 is off.
+        per_channel_mask: drop pixels independently in each channel (``missing_ratio`` only).
+        scale: the super-resolution factor (1, 2, 4 or 8). Without ``simulate``, ``image`` is the
+            low-resolution input and the restored image is ``scale`` times larger (a ``clean``
+            reference must have that size). With ``simulate``, ``image`` is the clean
+            high-resolution image: it is centre-cropped to multiples of ``scale`` (at most
+            ``scale - 1`` rows and columns go) and the task's operator makes the low-resolution
+            observation, so the restored image has the crop's size, i.e. ``scale`` times the
+            observation's.
+        guide: a second image fed to the task (the flash image of flash/no-flash), of the
+            restored image's size; read with the same ``grayscale`` setting as ``image``.
+        jpeg_quality: store the simulated observation as a JPEG of this quality (1-95) and read
+            it back, for JPEG-artifact removal on a clean image; ``null`` is off.
 
-    The images are read when the module is built, so that a bad path fails before anything runs.
-    Each epoch is one pass over ``trainer.max_steps`` identical items, so Lightning's progress bar
-    counts optimisation steps.
+    The images are read when the module is built, so that a bad path or a mask, guide or scale
+    that does not fit the image fails before anything runs. Each epoch is one pass over
+    ``trainer.max_steps`` identical items, so Lightning's progress bar counts optimisation steps.
     """
 
     def __init__(
@@ -86,16 +152,42 @@ class SingleImageDataModule(LightningDataModule):
         simulate: bool | None = None,
         seed: int = 0,
         grayscale: bool | None = None,
+        mask: str | None = None,
+        missing_ratio: float = 0.0,
+        per_channel_mask: bool = False,
+        scale: int = 1,
+        guide: str | None = None,
+        jpeg_quality: int | None = None,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()
         _check_range(
             "noise_sigma", noise_sigma, 0.0, 255.0, "give the noise std on the 0-255 scale"
         )
+        if not (math.isfinite(missing_ratio) and 0.0 <= missing_ratio < 1.0):
+            raise ConfigError(
+                f"data.missing_ratio = {missing_ratio} is out of range; give the fraction of "
+                "pixels to drop in (0, 1), e.g. 0.5 (0 turns it off)"
+            )
+        if isinstance(scale, bool) or scale not in SCALES:
+            raise ConfigError(
+                f"data.scale = {scale} is not supported; use one of {', '.join(map(str, SCALES))}"
+            )
+        if jpeg_quality is not None and not 1 <= jpeg_quality <= 95:
+            raise ConfigError(f"data.jpeg_quality = {jpeg_quality} is out of range; use 1 to 95")
         self.image_path = Path(image) if image else sample_image_path()
         self.clean_path = Path(clean) if clean else None
+        self.mask_path = Path(mask) if mask else None
+        self.guide_path = Path(guide) if guide else None
         self.noise_sigma = float(noise_sigma)
-        self.simulate = bool(noise_sigma > 0) if simulate is None else bool(simulate)
+        self.missing_ratio = float(missing_ratio)
+        self.per_channel_mask = bool(per_channel_mask)
+        self.scale = int(scale)
+        self.jpeg_quality = None if jpeg_quality is None else int(jpeg_quality)
+        synthetic = noise_sigma > 0 or missing_ratio > 0 or jpeg_quality is not None
+        self.simulate = bool(synthetic) if simulate is None else bool(simulate)
         self.seed = int(seed)
+        self._check_combinations()
         self.image: LoadedImage = load_image(self.image_path, what="image", grayscale=grayscale)
         if grayscale is None:
             grayscale = self.image.tensor.shape[0] == 1
@@ -104,11 +196,79 @@ class SingleImageDataModule(LightningDataModule):
             if self.clean_path
             else None
         )
-        if self.simulate and self.clean is not None:
+        self.guide: LoadedImage | None = (
+            load_image(self.guide_path, what="guide image", grayscale=grayscale)
+            if self.guide_path
+            else None
+        )
+        channels, height, width = self.image.tensor.shape
+        #: the region of ``image`` that is restored: the whole image, or with ``simulate`` and
+        #: ``scale`` > 1 its centred crop to multiples of ``scale``
+        self.region = CropBox(top=0, left=0, height=int(height), width=int(width))
+        if self.simulate and self.scale > 1:
+            self.region = center_crop_box(int(height), int(width), self.scale)
+            if self.region.height < 2 * self.scale or self.region.width < 2 * self.scale:
+                raise ConfigError(
+                    f"data.scale {self.scale} does not fit the {_size(self.image.tensor)} image: "
+                    f"the low-resolution image would be smaller than 2x2; use a high-resolution "
+                    f"image of at least {2 * self.scale}x{2 * self.scale} or a smaller scale"
+                )
+        self.mask: torch.Tensor | None = (
+            load_mask(self.mask_path, int(height), int(width), int(channels))
+            if self.mask_path
+            else None
+        )
+        self._check_sizes()
+
+    def _check_combinations(self) -> None:
+        """Refuse options that contradict each other (before any file is read)."""
+        if self.simulate and self.clean_path is not None:
             raise ConfigError(
-                "data.clean is given but data.simulate is on: with simulate, data.image is the clean "
-                "image; drop one of them"
+                "data.clean is given but data.simulate is on: with simulate, data.image is the "
+                "clean image; drop one of them"
             )
+        if self.mask_path is not None and self.missing_ratio > 0:
+            raise ConfigError(
+                "data.mask and data.missing_ratio both define the missing pixels; give one of them"
+            )
+        if self.missing_ratio > 0 and not self.simulate:
+            raise ConfigError(
+                "data.missing_ratio drops pixels of a clean image, but data.simulate is off; turn "
+                "it on, or give the observation's mask file with data.mask"
+            )
+        if self.per_channel_mask and self.missing_ratio == 0:
+            raise ConfigError(
+                "data.per_channel_mask applies to random masks only; set data.missing_ratio (a "
+                "mask file gives per-channel masks as a colour image)"
+            )
+        if self.scale > 1 and (self.mask_path is not None or self.missing_ratio > 0):
+            raise ConfigError(
+                "data.scale (super-resolution) cannot be combined with data.mask or "
+                "data.missing_ratio (inpainting); restore one of the two"
+            )
+
+    def _check_sizes(self) -> None:
+        """The clean reference and the guide must have the restored image's size."""
+        image = self.image.tensor
+        if not self.simulate and self.scale > 1:
+            expected = f"{image.shape[-1] * self.scale}x{image.shape[-2] * self.scale}"
+            what = f"{expected}, {self.scale} times the {_size(image)} low-resolution image"
+        else:
+            expected = f"{self.region.width}x{self.region.height}"
+            what = f"the image's size, {expected}"
+        if self.clean is not None and _size(self.clean.tensor) != expected:
+            raise ConfigError(
+                f"the clean image is {_size(self.clean.tensor)} but must be {what}; give the "
+                "clean image of the restored image's size"
+            )
+        if self.guide is not None:
+            # with simulate, the guide is cropped together with the image
+            guide, wanted = self.guide.tensor, _size(image) if self.simulate else expected
+            if _size(guide) != wanted:
+                raise ConfigError(
+                    f"the guide image is {_size(guide)} but the image is {_size(image)}; give a "
+                    f"guide of size {wanted}, the restored image's"
+                )
 
     @property
     def image_name(self) -> str:
@@ -116,22 +276,38 @@ class SingleImageDataModule(LightningDataModule):
         return self.image_path.stem
 
     def make_sample(self, degradation: Degradation) -> ImageSample:
-        """The observation for ``degradation``: simulated from ``image`` or ``image`` itself."""
+        """The observation for ``degradation``: simulated from ``image`` or ``image`` itself.
+
+        With ``simulate``, the (cropped, see ``scale``) image is the clean image and the
+        observation is ``degradation.simulate`` of it, drawn from a generator seeded with
+        ``seed``, then JPEG-compressed when ``jpeg_quality`` is set. Without it, ``image`` is
+        the observation, with the pixels that ``mask`` marks missing set to 0.
+        """
         x = self.image.tensor
+        alpha = self.image.alpha
+        guide = self.guide.tensor if self.guide is not None else None
         if self.simulate:
+            x = crop(x, self.region)
+            alpha = crop(alpha, self.region) if alpha is not None else None
+            guide = crop(guide, self.region) if guide is not None else None
             generator = torch.Generator().manual_seed(self.seed)
             observation = degradation.simulate(x[None], generator)[0].contiguous()
+            if self.jpeg_quality is not None:
+                observation = jpeg_compress(observation, self.jpeg_quality)
             clean: torch.Tensor | None = x
         else:
-            observation = x
+            observation = x if self.mask is None else x * self.mask
             clean = self.clean.tensor if self.clean is not None else None
+            if alpha is not None and self.scale > 1:
+                alpha = bicubic_upsample(alpha, self.scale)
         return ImageSample(
             observation=observation,
             clean=clean,
             info=self.image.info,
-            alpha=self.image.alpha,
+            alpha=alpha,
             name=self.image_name,
             simulated=self.simulate,
+            guide=guide,
         )
 
     def train_dataloader(self) -> DataLoader[int]:

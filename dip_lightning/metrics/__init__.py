@@ -5,5 +5,12 @@ from dip_lightning.metrics.fbc import (
     band_masks,
     frequency_band_correspondence,
 )
+from dip_lightning.metrics.psnr import psnr_y, rgb_to_y
 
-__all__ = ["FrequencyBandCorrespondence", "band_masks", "frequency_band_correspondence"]
+__all__ = [
+    "FrequencyBandCorrespondence",
+    "band_masks",
+    "frequency_band_correspondence",
+    "psnr_y",
+    "rgb_to_y",
+]

@@ -19,6 +19,8 @@ from torch import nn
 
 from dip_lightning.errors import ConfigError
 
+from .spectral import LipschitzConv2d
+
 __all__ = [
     "ACTIVATIONS",
     "DOWNSAMPLE_MODES",
@@ -42,8 +44,8 @@ ACTIVATIONS: tuple[str, ...] = ("LeakyReLU", "Swish", "ELU", "none")
 PADDINGS: tuple[str, ...] = ("reflection", "replication", "zero")
 #: Downsampling modes understood by :func:`conv`.
 DOWNSAMPLE_MODES: tuple[str, ...] = ("stride", "avg", "max", "lanczos2", "lanczos3")
-#: Upsampling modes of the skip network.
-UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear")
+#: Upsampling modes of the skip network (``"gaussian"``: nearest, then a fixed Gaussian blur).
+UPSAMPLE_MODES: tuple[str, ...] = ("nearest", "bilinear", "gaussian")
 #: Normalisation names understood by :func:`norm`.
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
 #: Kernel names understood by :func:`get_kernel` and :class:`Downsampler`.
@@ -115,6 +117,7 @@ def conv(
     bias: bool = True,
     padding: str = "zero",
     downsample_mode: str = "stride",
+    lipschitz: float | None = None,
 ) -> nn.Sequential:
     """Convolution that keeps the spatial size (for odd kernels) up to its stride.
 
@@ -123,6 +126,10 @@ def conv(
     With ``stride > 1`` and a ``downsample_mode`` other than ``"stride"``, the convolution runs
     at stride 1 and is followed by an average pool, max pool or Lanczos :class:`Downsampler`
     of factor ``stride``, as in the authors' ``conv``.
+
+    ``lipschitz`` bounds the largest singular value of the convolution together with its
+    padding (a :class:`~dip_lightning.networks.spectral.LipschitzConv2d` in place of the padding
+    layer and the convolution); ``None`` (the default) leaves it free.
     """
     check_choice("padding", padding, PADDINGS)
     check_choice("downsample_mode", downsample_mode, DOWNSAMPLE_MODES)
@@ -140,14 +147,19 @@ def conv(
 
     to_pad = (kernel_size - 1) // 2
     layers: list[nn.Module] = []
-    if padding != "zero":
-        if to_pad > 0:  # a zero-width pad layer would be a no-op
-            pad_cls = nn.ReflectionPad2d if padding == "reflection" else nn.ReplicationPad2d
-            layers.append(pad_cls(to_pad))
-        to_pad = 0
-    layers.append(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias)
-    )
+    if lipschitz is not None:  # the padding goes inside, as part of the bounded operator
+        inner = to_pad if padding == "zero" else 0
+        layer = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=inner, bias=bias)
+        layers.append(LipschitzConv2d(layer, lipschitz, padding=padding, pad=to_pad))
+    else:
+        if padding != "zero":
+            if to_pad > 0:  # a zero-width pad layer would be a no-op
+                pad_cls = nn.ReflectionPad2d if padding == "reflection" else nn.ReplicationPad2d
+                layers.append(pad_cls(to_pad))
+            to_pad = 0
+        layers.append(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=to_pad, bias=bias)
+        )
     if downsampler is not None:
         layers.append(downsampler)
     return nn.Sequential(*layers)

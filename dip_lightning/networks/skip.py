@@ -37,6 +37,7 @@ from .blocks import (
     check_choice,
     conv,
 )
+from .spectral import GaussianUpsample, MeanOnlyBatchNorm
 
 __all__ = ["SkipNet"]
 
@@ -75,13 +76,20 @@ class SkipNet(nn.Module):
         filter_size_up: kernel size of the upsampling convolution (per level).
         filter_size_skip: kernel size of the skip convolution.
         need_1x1_up: add a 1x1 conv + BN + activation after each upsampling convolution.
-        upsample_mode: ``"nearest"`` or ``"bilinear"`` (per level).
+        upsample_mode: ``"nearest"``, ``"bilinear"`` or ``"gaussian"`` (nearest, then a fixed
+            Gaussian blur: the low-pass upsampler of Shi et al.) (per level).
         downsample_mode: ``"stride"``, ``"avg"``, ``"max"``, ``"lanczos2"`` or ``"lanczos3"``.
         padding: ``"reflection"`` or ``"zero"`` (``"replication"`` is accepted too).
         activation: ``"LeakyReLU"`` (slope 0.2), ``"Swish"``, ``"ELU"`` or ``"none"``.
         batch_norm: use batch normalisation (off: identity in its place).
         sigmoid: end with a sigmoid.
         bias: convolutions have a bias.
+        lipschitz: bound every convolution's largest singular value (as an operator with its
+            padding and stride) by this value, ``lambda`` of Shi et al. (about 1.4 to 1.8), with
+            :class:`~dip_lightning.networks.spectral.LipschitzConv2d`; ``None`` (the default)
+            leaves them free. With a bound, batch normalisation (which would undo it) becomes
+            :class:`~dip_lightning.networks.spectral.MeanOnlyBatchNorm`, as in the authors'
+            code (one parameter per channel instead of two).
 
     The input height and width must be divisible by :attr:`multiple` (``2 ** levels``) for the
     output to have the input's size.
@@ -107,6 +115,7 @@ class SkipNet(nn.Module):
         batch_norm: bool = True,
         sigmoid: bool = True,
         bias: bool = True,
+        lipschitz: float | None = None,
     ) -> None:
         super().__init__()
         n_levels = _level_count(
@@ -157,9 +166,10 @@ class SkipNet(nn.Module):
             activation,
             batch_norm,
             bias,
+            lipschitz,
         )
         self.head = nn.Sequential(
-            conv(up[0], out_channels, 1, bias=bias, padding=padding),
+            conv(up[0], out_channels, 1, bias=bias, padding=padding, lipschitz=lipschitz),
             nn.Sigmoid() if sigmoid else nn.Identity(),
         )
 
@@ -184,11 +194,15 @@ class SkipNet(nn.Module):
         act: str,
         batch_norm: bool,
         bias: bool,
+        lipschitz: float | None = None,
     ) -> nn.Sequential:
         """Build the levels from the top, each nesting the next inside its deeper branch."""
 
         def bn(n: int) -> nn.Module:
-            return nn.BatchNorm2d(n) if batch_norm else nn.Identity()
+            if not batch_norm:
+                return nn.Identity()
+            # dividing by the std would undo the bound: mean-only, as in Shi et al.'s code
+            return nn.BatchNorm2d(n) if lipschitz is None else MeanOnlyBatchNorm(n)
 
         def cba(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
             return [
@@ -200,6 +214,7 @@ class SkipNet(nn.Module):
                     bias=bias,
                     padding=padding,
                     downsample_mode=downsample_mode,
+                    lipschitz=lipschitz,
                 ),
                 bn(cout),
                 activation(act),
@@ -218,7 +233,10 @@ class SkipNet(nn.Module):
             if not deepest:
                 deeper.append(deeper_main)
             kwargs = {"align_corners": False} if up_modes[i] == "bilinear" else {}
-            deeper.append(nn.Upsample(scale_factor=2, mode=up_modes[i], **kwargs))
+            if up_modes[i] == "gaussian":
+                deeper.append(GaussianUpsample(2))
+            else:
+                deeper.append(nn.Upsample(scale_factor=2, mode=up_modes[i], **kwargs))
             k = down[i] if deepest else up[i + 1]
 
             if skip[i] > 0:

@@ -2,5 +2,15 @@
 
 from dip_lightning.tasks.base import DIPModule, NetFactory
 from dip_lightning.tasks.denoising import DenoisingDIP
+from dip_lightning.tasks.flash import FlashNoFlashDIP
+from dip_lightning.tasks.inpainting import InpaintingDIP
+from dip_lightning.tasks.super_resolution import SuperResolutionDIP
 
-__all__ = ["DIPModule", "DenoisingDIP", "NetFactory"]
+__all__ = [
+    "DIPModule",
+    "DenoisingDIP",
+    "FlashNoFlashDIP",
+    "InpaintingDIP",
+    "NetFactory",
+    "SuperResolutionDIP",
+]

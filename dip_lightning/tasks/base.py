@@ -26,6 +26,7 @@ from dip_lightning.data.datamodule import ImageSample, SingleImageDataModule
 from dip_lightning.data.padding import CropBox, padded_size
 from dip_lightning.degradations.base import Degradation
 from dip_lightning.errors import ConfigError
+from dip_lightning.losses import StructuralFeedback
 from dip_lightning.networks.inputs import INPUT_TYPES, InputType, make_input
 from dip_lightning.networks.skip import SkipNet
 
@@ -59,16 +60,21 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def network_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:
     """The padded size at which ``net`` runs for an output of ``height`` x ``width``.
 
-    Each side is a multiple of ``net.multiple`` (the product of its downsampling factors) and at
-    least twice that, so the coarsest level still has 2 pixels for reflection padding.
+    Each side is a multiple of ``net.multiple`` (the product of its downsampling factors) and
+    large enough that the coarsest level still has more pixels than the reflection padding of
+    the largest filter needs: at least 2 (3 for 5x5 filters, ...).
 
     >>> from dip_lightning.networks import SkipNet
     >>> network_size(SkipNet(1, 1, channels_down=8, channels_up=8, channels_skip=2), 37, 100)
     (64, 128)
+    >>> network_size(SkipNet(1, 1, channels_down=8, channels_up=8, filter_size_down=5), 37, 100)
+    (96, 128)
     """
     multiple = int(getattr(net, "multiple", 1))
+    kernels = [max(m.kernel_size) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    coarsest = max(2, (max(kernels, default=3) - 1) // 2 + 1)
     pad_h, pad_w = padded_size(height, width, multiple)
-    return max(pad_h, 2 * multiple), max(pad_w, 2 * multiple)
+    return max(pad_h, coarsest * multiple), max(pad_w, coarsest * multiple)
 
 
 class DIPModule(LightningModule):
@@ -77,7 +83,8 @@ class DIPModule(LightningModule):
     Args:
         net: the network, ``net(in_channels, out_channels)``; the paper's skip hourglass by
             default (5 levels of 128 channels, 4 skip channels).
-        input_type: ``uniform`` (the paper's, in [0, input_scale]), ``normal`` or ``meshgrid``.
+        input_type: ``uniform`` (the paper's, in [0, input_scale]), ``normal``, ``meshgrid`` or
+            ``fourier`` (random Fourier features of the coordinates, amplitude input_scale).
         input_depth: channels of ``z`` (2 for ``meshgrid``).
         input_scale: scale of the uniform or normal input (0.1 in the paper).
         sigma_p: std of the fresh Gaussian perturbation added to ``z`` at every step.
@@ -91,6 +98,21 @@ class DIPModule(LightningModule):
             not finite; ``null`` turns the guard off.
         image_every_n_steps: log the output image to TensorBoard every this many steps.
         seed: seed of the network weights, ``z`` and the per-step perturbation.
+        holdout_fraction: fraction of the observed pixels left out of the data term (chosen at
+            random, seeded by ``seed``); the MSE of ``A(restored)`` against the observation on
+            them is logged as ``heldout/mse``, a no-reference validation score (for denoising,
+            the true error plus the noise variance). 0 (the default) fits every pixel.
+        feedback: an optional structural-feedback term ``lambda_t * (1 - s_t)`` added to the
+            loss (:class:`~dip_lightning.losses.StructuralFeedback`, logged as
+            ``train/feedback``); its running average is ``output_ema`` when ``ema_decay > 0``,
+            else one of its own (buffer ``feedback_average``). ``null`` (the default): none.
+        channels_last: run the network in the channels-last memory layout (faster convolutions
+            with oneDNN on CPUs, and with bf16/fp16 on GPUs).
+        perturbation: ``fresh`` draws ``sigma_p * N(0, 1)`` anew every step (the paper's);
+            ``bank`` draws one bank of normal numbers of twice the input's height and width once
+            and takes a window of it at a random offset every step: the same distribution for a
+            fraction of the cost (drawing millions of normal numbers is a visible part of a
+            CPU step).
 
     Metrics against the clean reference (when one is known) are computed every
     ``trainer.log_every_n_steps`` steps; the peak PSNR is tracked at every step on the device.
@@ -109,6 +131,11 @@ class DIPModule(LightningModule):
     peak_step: torch.Tensor
     guard_psnr: torch.Tensor
     recoveries: torch.Tensor
+    holdout_keep: torch.Tensor | None  # 0 on held-out pixels, else 1; None without a hold-out
+    heldout_best: torch.Tensor | None
+    heldout_best_step: torch.Tensor | None
+    feedback_known: torch.Tensor | None  # pixels the feedback's observed SSIM weighs
+    feedback_average: torch.Tensor | None  # the feedback's own output average (EMA off)
 
     def __init__(
         self,
@@ -124,6 +151,10 @@ class DIPModule(LightningModule):
         guard_drop_db: float | None = 5.0,
         image_every_n_steps: int = 500,
         seed: int = 0,
+        holdout_fraction: float = 0.0,
+        feedback: StructuralFeedback | None = None,
+        channels_last: bool = False,
+        perturbation: Literal["fresh", "bank"] = "fresh",
     ) -> None:
         super().__init__()
         if input_type not in INPUT_TYPES:
@@ -138,6 +169,7 @@ class DIPModule(LightningModule):
             ("lr", lr, 0 < lr <= 100, "use a learning rate in (0, 100] (0.01 in the paper)"),
             ("ema_decay", ema_decay, 0 <= ema_decay < 1, "use a weight in [0, 1), 0.99 or 0"),
             ("image_every_n_steps", image_every_n_steps, image_every_n_steps >= 1, "use >= 1"),
+            ("holdout_fraction", holdout_fraction, 0 <= holdout_fraction < 1, "use [0, 1)"),
         ]
         if guard_drop_db is not None:
             checks.append(("guard_drop_db", guard_drop_db, guard_drop_db > 0, "use > 0 or null"))
@@ -146,7 +178,7 @@ class DIPModule(LightningModule):
                 raise ConfigError(f"model.{name} = {value} is out of range; {fix}")
         if loss not in ("mse", "l1"):
             raise ConfigError(f"model.loss {loss!r} is unknown; use mse or l1")
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "feedback"])
         self.net_factory = net
         self.optimizer_factory = optimizer
         self.input_type = input_type
@@ -159,6 +191,14 @@ class DIPModule(LightningModule):
         self.guard_drop_db = guard_drop_db
         self.image_every_n_steps = int(image_every_n_steps)
         self.seed = int(seed)
+        self.holdout_fraction = float(holdout_fraction)
+        if perturbation not in ("fresh", "bank"):
+            raise ConfigError(f"model.perturbation {perturbation!r} is unknown; use fresh or bank")
+        self.channels_last = bool(channels_last)
+        self.perturbation = perturbation
+        self._bank: torch.Tensor | None = None
+        self._offsets = torch.Generator().manual_seed(self.seed + 2)
+        self.feedback = feedback
 
         self.net: nn.Module | None = None
         self.degradation: Degradation | None = None
@@ -261,6 +301,8 @@ class DIPModule(LightningModule):
         self.register_buffer("peak_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("guard_psnr", torch.tensor(float("-inf")))
         self.register_buffer("recoveries", torch.tensor(0, dtype=torch.long))
+        self._attach_holdout()
+        self._attach_feedback()
 
     def hyperparameters_for_logging(self) -> dict[str, Any]:
         """Flat hyperparameters for TensorBoard's HParams tab: the module's, the network's
@@ -295,9 +337,12 @@ class DIPModule(LightningModule):
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
-        from dip_lightning.callbacks import ImageLogger, RunArtifacts
+        from dip_lightning.callbacks import FBCLogger, ImageLogger, RunArtifacts
 
-        return [RunArtifacts(), ImageLogger(every_n_steps=self.image_every_n_steps)]
+        callbacks = [RunArtifacts(), ImageLogger(every_n_steps=self.image_every_n_steps)]
+        if not any(isinstance(c, FBCLogger) for c in getattr(self.trainer, "callbacks", [])):
+            callbacks.append(FBCLogger())  # an FBCLogger in trainer.callbacks is kept instead
+        return callbacks
 
     # ------------------------------------------------------------------ the loop
 
@@ -308,14 +353,35 @@ class DIPModule(LightningModule):
             generator.set_state(self._generator_state)
             self._generator_state = None
         self._generator = generator
-        self._log_every = max(int(getattr(self.trainer, "log_every_n_steps", 50)), 1)
+        self._log_every = max(int(getattr(self._trainer, "log_every_n_steps", 50)), 1)
+        if self.channels_last and self.net is not None:
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.z = self.z.contiguous(memory_format=torch.channels_last)
+        if self.perturbation == "bank":
+            _, channels, height, width = self.z.shape
+            bank_generator = torch.Generator(device=self.device).manual_seed(self.seed + 3)
+            self._bank = self._normal((1, channels, 2 * height, 2 * width), bank_generator)
+
+    def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Standard normal numbers in the layout of ``z`` (channels-last when it is)."""
+        n, c, h, w = shape
+        if self.channels_last:
+            values = torch.randn((n, h, w, c), generator=generator, device=self.z.device)
+            return values.permute(0, 3, 1, 2)
+        return torch.randn(shape, generator=generator, device=self.z.device)
 
     def perturbed_input(self) -> torch.Tensor:
         """``z + sigma_p * eps`` with fresh ``eps`` from the module's generator."""
         z = self.z
         if self.sigma_p == 0 or self._generator is None:
             return z
-        noise = torch.randn(z.shape, generator=self._generator, device=z.device, dtype=z.dtype)
+        if self._bank is not None:
+            _, _, height, width = z.shape
+            offset = int(torch.randint(0, height * width, (1,), generator=self._offsets))
+            top, left = divmod(offset, width)
+            noise = self._bank[..., top : top + height, left : left + width]
+        else:
+            noise = self._normal(tuple(z.shape), self._generator)
         return z + noise * self.sigma_p
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -330,9 +396,13 @@ class DIPModule(LightningModule):
         step = self.global_step + 1
         x = self(self.perturbed_input())
         prediction = self.degradation(x)
-        data = self.data_term(prediction, self.observation)
+        data = self.fitted_data_term(prediction)
         extra = self.regularization(x)
         loss = data if extra is None else data + extra
+        if self.feedback is not None:
+            term = self.feedback_term(x, prediction, step)
+            loss = loss + term
+            self.log("train/feedback", term, on_step=True, on_epoch=False)
         with torch.no_grad():
             self._after_output(x.detach(), prediction.detach(), loss.detach(), data.detach(), step)
         self.log("train/loss", loss, on_step=True, on_epoch=False)
@@ -364,11 +434,20 @@ class DIPModule(LightningModule):
             else:
                 average = torch.lerp(self.output_ema, x, 1.0 - self.ema_decay)
                 self.output_ema.copy_(torch.where(bad, self.output_ema, average))
+        if self.feedback_average is not None:
+            assert self.feedback is not None
+            if step == 1:
+                self.feedback_average.copy_(x)
+            else:
+                mean = torch.lerp(self.feedback_average, x, 1.0 - self.feedback.average_decay)
+                self.feedback_average.copy_(torch.where(bad, self.feedback_average, mean))
         if self.clean is not None:
             current = psnr(self.restored_batch(), self.clean)
             better = (current > self.peak_psnr) & ~bad
             self.peak_psnr.copy_(torch.where(better, current, self.peak_psnr))
             self.peak_step.copy_(torch.where(better, step, self.peak_step))
+        if self.holdout_keep is not None:
+            self._track_heldout(bad, step)
 
     def on_after_backward(self) -> None:
         """Roll back to the last good parameters when this step's output diverged."""
@@ -386,6 +465,96 @@ class DIPModule(LightningModule):
                     param.grad.masked_fill_(bad, 0.0)
             self.guard_psnr.copy_(torch.where(bad, self.guard_psnr, self._psnr_observed))
             self.recoveries.add_(bad.long())
+
+    # ------------------------------------------------------------------ held-out pixels
+
+    def _attach_holdout(self) -> None:
+        """Choose the held-out pixels: ``holdout_fraction`` of the observed pixels (those where
+        ``A`` of an all-ones image is non-zero in every channel), drawn with ``seed``."""
+        keep: torch.Tensor | None = None
+        best: torch.Tensor | None = None
+        best_step: torch.Tensor | None = None
+        if self.holdout_fraction > 0:
+            assert self.degradation is not None and self.crop_box is not None
+            box = self.crop_box
+            with torch.no_grad():
+                ones = torch.ones(1, self.observation.shape[1], box.height, box.width)
+                observed = (self.degradation(ones) != 0).all(dim=1)[0].flatten()
+            indices = observed.nonzero().squeeze(1)
+            count = round(self.holdout_fraction * len(indices))
+            if not 1 <= count < len(indices):
+                raise ConfigError(
+                    f"model.holdout_fraction = {self.holdout_fraction} holds out {count} of "
+                    f"{len(indices)} observed pixels; use a fraction that leaves some on each side"
+                )
+            generator = torch.Generator().manual_seed(self.seed + 2)
+            held = indices[torch.randperm(len(indices), generator=generator)[:count]]
+            keep = torch.ones(observed.shape[0])
+            keep[held] = 0.0
+            keep = keep.view(1, 1, *self.observation.shape[-2:])
+            best = torch.tensor(float("inf"))
+            best_step = torch.tensor(0, dtype=torch.long)
+        self.register_buffer("holdout_keep", keep)
+        self.register_buffer("heldout_best", best)
+        self.register_buffer("heldout_best_step", best_step)
+
+    def fitted_data_term(self, prediction: torch.Tensor) -> torch.Tensor:
+        """The data term on the pixels the fit sees: ``E(A(x_hat) * keep, y * keep)``, where
+        ``keep`` is 0 on the held-out pixels (every pixel is kept without a hold-out)."""
+        keep = self.holdout_keep
+        if keep is None:
+            return self.data_term(prediction, self.observation)
+        return self.data_term(prediction * keep, self.observation * keep)
+
+    def _track_heldout(self, bad: torch.Tensor, step: int) -> None:
+        """MSE of ``A(restored)`` on the held-out pixels and its best value and step, on device."""
+        assert self.degradation is not None and self.holdout_keep is not None
+        assert self.heldout_best is not None and self.heldout_best_step is not None
+        held = 1.0 - self.holdout_keep
+        error = (self.degradation(self.restored_batch()) - self.observation).square() * held
+        mse = error.sum() / (held.sum() * self.observation.shape[1])
+        self._heldout_mse = mse
+        better = (mse < self.heldout_best) & ~bad
+        self.heldout_best.copy_(torch.where(better, mse, self.heldout_best))
+        self.heldout_best_step.copy_(torch.where(better, step, self.heldout_best_step))
+
+    # ------------------------------------------------------------------ structural feedback
+
+    def _attach_feedback(self) -> None:
+        """The buffers of the feedback term: the known pixels ``(1, 1, h, w)`` of the
+        observation (``A`` of an all-ones image non-zero in every channel, held-out pixels
+        excluded; ``None`` when every pixel is observed) and, when it needs an output average and
+        ``ema_decay`` is 0, its own."""
+        known: torch.Tensor | None = None
+        average: torch.Tensor | None = None
+        if self.feedback is not None:
+            assert self.degradation is not None
+            shape = self.last_output.shape
+            with torch.no_grad():
+                known = (self.degradation(torch.ones(shape)) != 0).all(dim=1, keepdim=True)
+            known = known.float()
+            if self.holdout_keep is not None:
+                known = known * self.holdout_keep
+            if bool(known.all()):
+                known = None  # every pixel is observed: no weighting
+            if self.feedback.needs_average and self.ema_decay == 0:
+                average = torch.zeros(shape)
+        self.register_buffer("feedback_known", known)
+        self.register_buffer("feedback_average", average)
+
+    def feedback_term(self, x: torch.Tensor, prediction: torch.Tensor, step: int) -> torch.Tensor:
+        """The feedback term at ``step`` for the output ``x`` and ``prediction = A(x)``; the
+        average of the outputs of the steps before (none at step 1)."""
+        assert self.feedback is not None
+        average = self.output_ema if self.ema_decay > 0 else self.feedback_average
+        return self.feedback(
+            x,
+            prediction=prediction,
+            observation=self.observation,
+            step=step,
+            known=self.feedback_known,
+            average=average if step > 1 else None,
+        )
 
     # ------------------------------------------------------------------ outputs and metrics
 
@@ -406,6 +575,8 @@ class DIPModule(LightningModule):
             metrics["ssim"] = ssim(restored, self.clean)
             if self.ema_decay > 0:
                 metrics["psnr_last"] = psnr(self.last_output, self.clean)
+        if self.holdout_keep is not None:
+            metrics["heldout/mse"] = self._heldout_mse
         return metrics
 
     # ------------------------------------------------------------------ checkpoints
@@ -414,12 +585,15 @@ class DIPModule(LightningModule):
         state: dict[str, Any] = {"guard_saved": [t.cpu() for t in self._guard_saved]}
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
+        state["offsets"] = self._offsets.get_state()
         checkpoint["dip_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("dip_state", {})
         self._guard_saved = [t.to(self.device) for t in state.get("guard_saved", [])]
         self._generator_state = state.get("generator")
+        if "offsets" in state:
+            self._offsets.set_state(state["offsets"])
 
     def on_train_start(self) -> None:
         self._guard_saved = [t.to(self.device) for t in self._guard_saved]

@@ -1,0 +1,329 @@
+"""The objective of a study: every trial is a fit built by the same CLI parser a person uses.
+
+A trial's command line is the base config, the spec's overrides, the trial's own logger (a
+TensorBoard run in ``<study dir>/trial_<n>``) and one ``--key=value`` per searched parameter,
+given to :class:`~dip_lightning.cli.DIPCLI` with ``run=False``; the objective then calls
+``trainer.fit``. :func:`validate_spec` parses the space at both ends before any trial runs, so
+a key that does not exist fails at once with one line.
+
+Intermediate values: :class:`StepPruning` reports the *current* value of the objective's metric
+(``psnr`` or ``heldout/mse``, as the fit logs it every ``trainer.log_every_n_steps``) at the
+global step, the same quantity as the trial's final value, which is the value at the end of the
+fit (the PSNR of the written ``restored.png``, or the held-out MSE at the last step). The step
+of the best value seen during the fit is kept as the user attribute ``best_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from dip_lightning.cli import DIPCLI, tidy_parser_message, user_error
+from dip_lightning.errors import ConfigError, DIPError, one_line
+from dip_lightning.search.spec import StudySpec, cli_value
+from dip_lightning.tasks.base import DIPModule
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Objective",
+    "StepPruning",
+    "SurplusTrialError",
+    "WorkerInterrupted",
+    "build_cli",
+    "retry_callback",
+    "trial_args",
+    "validate_spec",
+]
+
+
+class SurplusTrialError(Exception):
+    """Raised at the start of a trial that another worker's trial made unnecessary."""
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """A worker was stopped (Ctrl-C, SIGTERM) during a trial; the trial is marked FAIL and a
+    retry with the same parameters is queued (a ``KeyboardInterrupt``, so Optuna records the
+    failure before it ends the worker)."""
+
+
+class StepPruning(Callback):
+    """Report ``monitor`` to an Optuna trial at the global step and prune when told to.
+
+    Every ``trainer.log_every_n_steps`` steps (and at the last step), the value the fit logged
+    under ``monitor`` is reported with ``trial.report(value, step=global_step)``; when
+    ``trial.should_prune()`` the fit stops with :class:`optuna.TrialPruned`. The value is the
+    current one (not the best so far), the same quantity as the trial's final value.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.reported: dict[int, float] = {}
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        import optuna
+
+        step = int(trainer.global_step)
+        every = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)
+        if step % every and step != trainer.max_steps:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise ConfigError(
+                f"the fit logs no {self.monitor!r} to report to the pruner; "
+                "check the objective (psnr needs a clean reference)"
+            )
+        number = float(value)
+        self.reported[step] = number
+        self.trial.report(number, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor} {number:.4g})")
+
+
+def retry_callback(max_retry: int | None) -> Any:
+    """Optuna's callback that queues a failed trial again with the same parameters
+    (``RetryHeartbeatStaleTrialCallback``, ``RetryFailedTrialCallback`` before Optuna 4.9)."""
+    import optuna
+
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    if retry is None:
+        retry = optuna.storages.RetryFailedTrialCallback
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return retry(max_retry=max_retry)
+
+
+def trial_args(
+    spec: StudySpec, values: Mapping[str, Any] | None = None, number: int | None = None
+) -> list[str]:
+    """The command line of a trial: the base config, fixed settings, the spec's overrides,
+    the trial's logger (none when ``number`` is ``None``) and one argument per parameter."""
+    args = [
+        "--config",
+        str(spec.base_config),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *spec.overrides,
+    ]
+    if number is None:
+        args.append("--trainer.logger=false")
+    else:
+        logger = {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {
+                "save_dir": str(spec.study_dir),
+                "name": "",
+                "version": f"trial_{number}",
+                "default_hp_metric": False,
+            },
+        }
+        args.append(f"--trainer.logger={json.dumps(logger)}")
+    if spec.objective == "heldout":
+        args.append(f"--model.init_args.holdout_fraction={cli_value(spec.holdout_fraction)}")
+    args += [f"--{key}={cli_value(value)}" for key, value in (values or {}).items()]
+    return args
+
+
+class _ParseOnlyCLI(DIPCLI):
+    """:class:`DIPCLI` that parses and stops: nothing is instantiated."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def _parser_error(exc: BaseException) -> str:
+    return tidy_parser_message(str(exc))
+
+
+def build_cli(args: Sequence[str]) -> DIPCLI:
+    """``DIPCLI(args=args, run=False)``; a parser error or an invalid value becomes a
+    one-line :class:`ConfigError`."""
+    try:
+        return DIPCLI(args=list(args), run=False, parser_kwargs={"exit_on_error": False})
+    except argparse.ArgumentError as exc:
+        raise ConfigError(_parser_error(exc)) from None
+    except Exception as exc:
+        error = user_error(exc)
+        if error is not None:
+            raise ConfigError(str(error)) from None
+        raise
+
+
+def validate_spec(spec: StudySpec) -> None:
+    """Check the whole spec before any trial runs; raise a one-line :class:`ConfigError`.
+
+    The base config with its overrides must parse; then every key of the search space is parsed
+    at each end of its range (every choice of a categorical), so a key that does not exist or a
+    value its type refuses names the key; finally the fit is built (not run) with every
+    parameter at its low end and at its high end, which runs every check of the data and the
+    model, and the objective's needs are checked (``psnr`` needs a clean reference).
+    """
+    base = trial_args(spec)
+    try:
+        cli = _ParseOnlyCLI(args=base, run=False, parser_kwargs={"exit_on_error": False})
+    except argparse.ArgumentError as exc:
+        raise ConfigError(
+            f"base config {spec.base_config} with the spec's overrides: {_parser_error(exc)}"
+        ) from None
+    parser = cli.parser
+    for param in spec.space:
+        for value in param.extremes():
+            try:
+                parser.parse_args([*base, f"--{param.key}={cli_value(value)}"])
+            except argparse.ArgumentError as exc:
+                raise ConfigError(
+                    f"search space key {param.key} (= {value!r}) does not fit "
+                    f"{spec.base_config.name}: {_parser_error(exc)}"
+                ) from None
+    for end, pick in (("low", 0), ("high", -1)):
+        values = {param.key: param.extremes()[pick] for param in spec.space}
+        try:
+            built = build_cli(trial_args(spec, values))
+        except DIPError as exc:
+            raise ConfigError(f"search space at its {end} end: {exc}") from None
+        sample = getattr(built.model, "sample", None)
+        if spec.objective == "psnr" and (sample is None or sample.clean is None):
+            raise ConfigError(
+                "objective psnr needs a clean reference: give data.clean, or simulate the "
+                "observation (e.g. data.noise_sigma); use objective heldout for a real image"
+            )
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return data if isinstance(data, dict) else {}
+
+
+class Objective:
+    """The function Optuna calls: build one fit through :class:`DIPCLI`, run it, return the
+    objective's value (see the module docstring), and record what the trial left.
+
+    User attributes of a trial: ``worker`` (host:pid), ``run_dir``, ``steps`` (steps run,
+    pruned or not), ``best_step`` and ``best_value`` (the best value of the objective's metric
+    during the fit and its step), ``psnr``/``peak_psnr``/``peak_step`` when a clean reference is
+    known, ``heldout_mse`` for the held-out objective, and ``restored_artifact`` (the id of
+    ``restored.png`` in the artifact store).
+    """
+
+    def __init__(self, spec: StudySpec, artifact_store: Any | None = None) -> None:
+        self.spec = spec
+        self.artifact_store = artifact_store
+        self.consecutive_failures = 0
+        self.last_error: DIPError | None = None
+
+    def is_surplus(self, trial: optuna.Trial) -> bool:
+        """Whether the study already has ``n_trials`` finished or running trials without this
+        one. Running trials count when they are older or already started (have a worker), so
+        that of two workers racing for the last slot exactly one goes on."""
+        from optuna.trial import TrialState
+
+        done = running = 0
+        for other in trial.study.get_trials(deepcopy=False):
+            if other.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                done += 1
+            elif (
+                other.state == TrialState.RUNNING
+                and other.number != trial.number
+                and (other.number < trial.number or "worker" in other.user_attrs)
+            ):
+                running += 1
+        return done + running + 1 > self.spec.n_trials
+
+    def requeue(self, trial: optuna.Trial) -> None:
+        """Queue a retry of ``trial`` (same parameters, WAITING) when its worker is stopped by
+        Ctrl-C or SIGTERM, as a heartbeat does for a worker killed outright."""
+        frozen = [t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number]
+        if frozen:
+            retry_callback(self.spec.max_retry)(trial.study, frozen[0])
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.is_surplus(trial):
+            raise SurplusTrialError(
+                f"the study already has {self.spec.n_trials} finished or running trials"
+            )
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            value = self._run(trial)
+        except DIPError as exc:
+            self.consecutive_failures += 1
+            self.last_error = exc
+            raise
+        self.consecutive_failures = 0
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        spec = self.spec
+        values = {param.key: param.suggest(trial) for param in spec.space}
+        run_dir = spec.run_dir(trial.number)
+        trial.set_user_attr("run_dir", str(run_dir))
+        cli = build_cli(trial_args(spec, values, trial.number))
+        trainer, module = cli.trainer, cli.model
+        assert isinstance(module, DIPModule)
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        if not spec.keep_checkpoints:  # the trial's image and config are what a study keeps
+            callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        callbacks.append(StepPruning(trial, spec.monitor))
+        try:
+            trainer.fit(module, datamodule=cli.datamodule)
+        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning exits on Ctrl-C and SIGTERM
+            self.requeue(trial)
+            raise WorkerInterrupted(
+                f"stopped during trial {trial.number} at step {trainer.global_step}; "
+                "it is queued to run again"
+            ) from exc
+        finally:
+            trial.set_user_attr("steps", int(trainer.global_step))
+        metrics = _read_metrics(run_dir)
+        attrs: dict[str, Any] = {
+            key: metrics[key]
+            for key in ("psnr", "ssim", "peak_psnr", "peak_step", "seconds")
+            if key in metrics
+        }
+        if spec.objective == "psnr":
+            if "psnr" not in metrics:
+                raise ConfigError(f"the fit wrote no psnr to {run_dir / 'metrics.json'}")
+            value = float(metrics["psnr"])
+            attrs["best_step"] = int(metrics.get("peak_step", trainer.global_step))
+            attrs["best_value"] = float(metrics.get("peak_psnr", value))
+        else:
+            final = trainer.callback_metrics.get(spec.monitor)
+            if final is None or module.heldout_best is None or module.heldout_best_step is None:
+                raise ConfigError("the fit tracked no held-out pixels (model.holdout_fraction)")
+            value = float(final)
+            attrs["heldout_mse"] = value
+            attrs["best_step"] = int(module.heldout_best_step)
+            attrs["best_value"] = float(module.heldout_best)
+        for key, item in attrs.items():
+            trial.set_user_attr(key, item)
+        image = run_dir / "restored.png"
+        if self.artifact_store is not None and image.is_file():
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(image), study_or_trial=trial
+            )
+            trial.set_user_attr("restored_artifact", artifact_id)
+        log.debug("trial %d: %s", trial.number, one_line(attrs))
+        return value

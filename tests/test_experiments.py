@@ -1,0 +1,115 @@
+"""Every seed experiment at the tiny size: it runs its fits and writes its CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import smooth_image, write_png
+from PIL import Image
+
+from dip_lightning.cli import main
+from dip_lightning.errors import ConfigError
+from dip_lightning.experiments import EXPERIMENTS, fitting_targets, run_experiment
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+EXPECTED_ROWS = {  # rows at the tiny size: one per run (per step for the fitting curves)
+    "fitting_curves": 4,  # steps
+    "mask_ratio": 2,
+    "skip_ablation": 8,
+    "sensitivity": 8,
+    "structural_feedback": 4,
+}
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_writes_its_csv_and_plot(name: str, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "a.png", smooth_image(40, 44))
+    out = tmp_path / name
+    written = run_experiment(name, out=out, size="tiny", images=images, steps=4)
+    csv_path, *plots = written
+    assert csv_path == out / f"{name}.csv" and csv_path.is_file()
+    assert plots and all(p.suffix == ".png" and p.is_file() for p in plots)
+    for plot in plots:
+        with Image.open(plot) as image:
+            assert image.width > 300 and image.height > 200
+    rows = read_csv(csv_path)
+    if name == "spectral_bias":
+        assert {row["variant"] for row in rows} == {
+            "baseline",
+            "lipschitz_1.6",
+            "gaussian_upsampling",
+        }
+        assert "clean_band_4" in rows[0] and "target_band_0" in rows[0]
+    else:
+        assert len(rows) == EXPECTED_ROWS[name]
+    if name == "structural_feedback":
+        assert [row["feedback"] for row in rows] == [
+            "none",
+            "observed_ssim",
+            "temporal_ssim",
+            "edge",
+        ]
+        assert all(float(row["peak_psnr"]) > 0 for row in rows)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert all((out / "runs" / r / "metrics.json").is_file() for r in runs)
+
+
+def test_the_dip_command_runs_an_experiment(tmp_path: Path) -> None:
+    main(["experiment", "mask_ratio", "--size", "tiny", "--steps", "2", "--out", str(tmp_path)])
+    assert len(read_csv(tmp_path / "mask_ratio.csv")) == 2
+    assert (tmp_path / "mask_ratio.png").is_file()
+
+
+def test_a_rerun_reuses_the_finished_runs(tmp_path: Path) -> None:
+    run_experiment("spectral_bias", out=tmp_path, size="tiny", steps=2)
+    records = sorted((tmp_path / "runs").glob("*/experiment_run.json"))
+    assert len(records) == 3
+    stamps = [p.stat().st_mtime_ns for p in records]
+    first = (tmp_path / "spectral_bias.csv").read_text()
+    (records[0].parent / "experiment_run.json").unlink()  # as if interrupted in that run
+    run_experiment("spectral_bias", out=tmp_path, size="tiny", steps=2)
+    assert [p.stat().st_mtime_ns for p in records[1:]] == stamps[1:]  # reused
+    assert records[0].is_file()  # run again
+    assert (tmp_path / "spectral_bias.csv").read_text() == first  # deterministic
+
+
+def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        run_experiment("nope", out=tmp_path)
+    with pytest.raises(ConfigError, match="unknown size"):
+        run_experiment("mask_ratio", out=tmp_path, size="huge")
+    with pytest.raises(ConfigError, match="no images"):
+        run_experiment("structural_feedback", out=tmp_path, size="tiny", images=tmp_path / "x")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ConfigError, match=r"pip install 'dip-lightning\[plots\]'"):
+        run_experiment("mask_ratio", out=tmp_path, size="tiny")
+    assert not (tmp_path / "runs").exists()  # failed before any fit
+
+
+def test_fitting_targets_are_seeded_and_keep_the_pixels() -> None:
+    image = torch.rand(3, 8, 9, generator=torch.Generator().manual_seed(0))
+    a, b = fitting_targets(image), fitting_targets(image)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    flat = image.reshape(3, -1)
+    shuffled = a["shuffled"].reshape(3, -1)
+    assert torch.equal(flat.sort(dim=1).values, shuffled.sort(dim=1).values)
+    assert not torch.equal(flat, shuffled)
