@@ -78,4 +78,7 @@ def test_bad_paths_fail_at_construction(tmp_path: Path) -> None:
 
 def test_simulate_with_clean_is_contradictory(rgb_png: Path) -> None:
     with pytest.raises(ConfigError, match="simulate"):
-        SingleImageDataModule(image=str(rgb_png), clean=str(rgb_png), noise_sigma=25)
+        SingleImageDataModule(image=str(rgb_png), clean=str(rgb_png), noise_sigma=25, simulate=True)
+    # a clean reference alone makes the image the observation, whatever noise_sigma says
+    data = SingleImageDataModule(image=str(rgb_png), clean=str(rgb_png), noise_sigma=25)
+    assert not data.simulate

@@ -185,7 +185,8 @@ class SingleImageDataModule(LightningDataModule):
         self.scale = int(scale)
         self.jpeg_quality = None if jpeg_quality is None else int(jpeg_quality)
         synthetic = noise_sigma > 0 or missing_ratio > 0 or jpeg_quality is not None
-        self.simulate = bool(synthetic) if simulate is None else bool(simulate)
+        # a clean reference means the image is the observation (a config's noise_sigma is moot)
+        self.simulate = bool(synthetic and not clean) if simulate is None else bool(simulate)
         self.seed = int(seed)
         self._check_combinations()
         self.image: LoadedImage = load_image(self.image_path, what="image", grayscale=grayscale)
