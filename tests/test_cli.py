@@ -164,3 +164,9 @@ def test_console_entry_point_exits_non_zero_without_traceback(tmp_path: Path) ->
     lines = result.stderr.strip().splitlines()
     assert lines == [f"error: image not found: {tmp_path / 'nope.png'}; check the path"]
     assert "Traceback" not in result.stderr
+
+
+def test_data_and_model_seeds_are_independent(tmp_path: Path, rgb_png: Path) -> None:
+    args = ["--data.image", str(rgb_png), "--data.noise_sigma", "25", "--data.seed", "1"]
+    main(fit_args(tmp_path, *args, "--model.init_args.seed", "2", "--trainer.max_steps", "2"))
+    assert (tmp_path / "lightning_logs" / "run" / "restored.png").is_file()

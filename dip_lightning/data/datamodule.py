@@ -160,7 +160,8 @@ class SingleImageDataModule(LightningDataModule):
         jpeg_quality: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # data.seed stays out: Lightning merges these with the module's, which has its own seed
+        self.save_hyperparameters(ignore=["seed"])
         _check_range(
             "noise_sigma", noise_sigma, 0.0, 255.0, "give the noise std on the 0-255 scale"
         )

@@ -317,6 +317,7 @@ class DIPModule(LightningModule):
         data = getattr(self._trainer, "datamodule", None)
         if isinstance(data, SingleImageDataModule):
             params.update({f"data.{key}": value for key, value in data.hparams.items()})
+            params["data.seed"] = data.seed
         return {
             key: value if isinstance(value, (int, float, str, bool)) else str(value)
             for key, value in params.items()
