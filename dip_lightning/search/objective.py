@@ -232,6 +232,8 @@ class Objective:
         self.artifact_store = artifact_store
         self.consecutive_failures = 0
         self.last_error: DIPError | None = None
+        #: Ctrl-C or SIGTERM arrived when a fit had already finished its last step
+        self.stop_requested = False
 
     def is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether the study already has ``n_trials`` finished or running trials without this
@@ -297,6 +299,8 @@ class Objective:
             ) from exc
         finally:
             trial.set_user_attr("steps", int(trainer.global_step))
+        if getattr(trainer, "received_sigterm", False):  # came during the last step: the fit
+            self.stop_requested = True  # is whole; the worker stops after recording it
         metrics = _read_metrics(run_dir)
         attrs: dict[str, Any] = {
             key: metrics[key]

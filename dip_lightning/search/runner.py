@@ -44,6 +44,7 @@ from dip_lightning.io_utils import atomic_write_text
 from dip_lightning.search.objective import (
     Objective,
     SurplusTrialError,
+    WorkerInterrupted,
     _ParseOnlyCLI,
     retry_callback,
     trial_args,
@@ -299,6 +300,8 @@ def run_worker(spec: StudySpec, study: optuna.Study) -> None:
             callbacks=[stop],
             gc_after_trial=True,
         )
+        if objective.stop_requested:
+            raise WorkerInterrupted("stopped after its trial finished")
         if objective.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
             assert objective.last_error is not None
             raise ConfigError(
