@@ -10,15 +10,15 @@ import sys
 import warnings
 from typing import Any, NoReturn
 
-from jsonargparse import lazy_instance
+from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from dip_lightning import __version__
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
 from dip_lightning.data.datamodule import SingleImageDataModule
-from dip_lightning.errors import DIPError, one_line
+from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.presets import print_presets, resolve_config_args
 from dip_lightning.tasks.base import DIPModule
 
@@ -76,6 +76,12 @@ class DIPArgumentParser(LightningArgumentParser):
         sys.stderr.write(f"error: {tidy_parser_message(message)} (see {prog} --help)\n")
         self.exit(2)
 
+    def parse_path(self, cfg_path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().parse_path(cfg_path, *args, **kwargs)
+        except UnicodeDecodeError:
+            self.error(f"config file {cfg_path} is not text; give a YAML file")
+
 
 class DIPCLI(LightningCLI):
     """LightningCLI over every :class:`DIPModule` task and the :class:`SingleImageDataModule`."""
@@ -104,6 +110,54 @@ class DIPCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": "dip_lightning.tasks.DenoisingDIP"}})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ValueError as exc:  # one jsonargparse lets through: a NUL byte in a path
+            if user_error(exc) is not None:
+                raise
+            parser.error(f"invalid value: {one_line(exc)}")
+
+    def _set_seed(self) -> None:
+        try:
+            super()._set_seed()
+        except ValueError as exc:
+            raise ConfigError(f"seed_everything: {one_line(exc)}") from None
+
+    def instantiate_classes(self) -> None:
+        # A value the parser lets through but a class refuses (a null number, a seed too large
+        # for a generator, an accelerator without its package, Lightning's checks of the trainer
+        # options) is the user's mistake.
+        sub = self.subcommand
+        config = self.config[sub] if sub else self.config
+        for key in ("data", "trainer"):
+            value = config.get(key)
+            if value is not None and not isinstance(value, Namespace):
+                raise ConfigError(f"{key} must hold options (name: value), got {value!r}")
+        try:
+            super().instantiate_classes()
+        except (
+            TypeError,
+            ValueError,
+            OverflowError,
+            ImportError,
+            MisconfigurationException,
+        ) as exc:
+            if user_error(exc) is not None:
+                raise
+            message = tidy_parser_message(str(exc))
+            if "NoneType" in message:
+                parser = self._subcommand_parsers.get(sub) if sub else None
+                defaults = (parser or self.parser).get_defaults()
+                nulls = [
+                    key
+                    for key, value in config.items()
+                    if value is None and key in defaults and defaults[key] is not None
+                ]
+                if nulls:
+                    message = f"{', '.join(nulls)} cannot be null"
+            raise ConfigError(f"invalid configuration: {message}") from exc
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         # Build the network, z and the observation before the trainer exists, so that a bad
@@ -138,6 +192,7 @@ def _configure_logging() -> None:
 #: ``dip <command>`` entry points beside LightningCLI's subcommands: "module:function", each
 #: called with the remaining arguments.
 EXTRA_COMMANDS: dict[str, str] = {
+    "restore": "dip_lightning.restore:main",
     "search": "dip_lightning.search.cli:main",
     "experiment": "dip_lightning.experiments:main",
 }

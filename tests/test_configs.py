@@ -38,7 +38,8 @@ def small_inputs(config: Path, tmp_path: Path) -> list[str]:
     if data.get("clean"):
         clean = write_png(tmp_path / "clean.png", smooth_image(height, width, channels, seed=1))
         args += ["--data.clean", str(clean)]
-    if data.get("guide"):
+    model = (spec.get("model") or {}).get("class_path", "")
+    if data.get("guide") or model.endswith("FlashNoFlashDIP"):
         guide = write_png(tmp_path / "guide.png", smooth_image(height, width, channels, seed=2))
         args += ["--data.guide", str(guide)]
     if data.get("mask"):

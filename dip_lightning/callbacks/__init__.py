@@ -1,8 +1,25 @@
-"""Callbacks of a fit: run artifacts (restored image, metrics) and TensorBoard images."""
+"""Callbacks of a fit: run artifacts (restored image, metrics), TensorBoard images and FBC,
+early stopping without ground truth."""
 
 from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
 from dip_lightning.callbacks.fbc import FBCLogger
 from dip_lightning.callbacks.images import ImageLogger
+from dip_lightning.callbacks.stopping import (
+    ExponentialVariance,
+    HeldoutStopping,
+    StoppingCriterion,
+    WindowedVariance,
+)
 
-__all__ = ["FBCLogger", "ImageLogger", "LastCheckpoint", "RunArtifacts", "run_directory"]
+__all__ = [
+    "ExponentialVariance",
+    "FBCLogger",
+    "HeldoutStopping",
+    "ImageLogger",
+    "LastCheckpoint",
+    "RunArtifacts",
+    "StoppingCriterion",
+    "WindowedVariance",
+    "run_directory",
+]

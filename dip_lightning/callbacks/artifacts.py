@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dip_lightning.callbacks.checkpoint import save_checkpoint_atomically
+from dip_lightning.callbacks.stopping import StoppingCriterion, stopping_selection
 from dip_lightning.data.io import save_image
 from dip_lightning.io_utils import atomic_write_json
 
@@ -114,14 +116,14 @@ class RunArtifacts(Callback):
         from dip_lightning.tasks.base import psnr, ssim
 
         assert module.sample is not None
-        restored = module.restored()
+        restored, selected_step = self.selected(trainer, module)
         channels, height, width = restored.shape
         steps = int(trainer.global_step)
         metrics: dict[str, Any] = {
             "task": module.task_name,
             "image": module.sample.name,
             "steps": steps,
-            "selected_step": steps,
+            "selected_step": selected_step,
             "seconds": round(time.perf_counter() - self._start, 3),
             "seconds_per_step": self.seconds_per_step(),
             "height": int(height),
@@ -129,6 +131,8 @@ class RunArtifacts(Callback):
             "channels": int(channels),
             "parameters": module.parameters_count,
             "recoveries": int(module.recoveries),
+            "lr_reductions": int(module.lr_reductions),
+            "stopped_on_divergence": bool(module.stopped_on_divergence),
         }
         clean = module.sample.clean
         if clean is not None:
@@ -139,8 +143,42 @@ class RunArtifacts(Callback):
                 metrics["input_psnr"] = float(psnr(observation[None], clean[None]))
             metrics["peak_psnr"] = float(module.peak_psnr)
             metrics["peak_step"] = int(module.peak_step)
+        criteria = [c for c in trainer.callbacks if isinstance(c, StoppingCriterion)]  # type: ignore[attr-defined]
+        if criteria:
+            chosen = stopping_selection(trainer)
+            metrics["stopping"] = chosen[0].name if chosen is not None else None
+            metrics["criteria"] = {c.name: self.criterion_metrics(c, module) for c in criteria}
         metrics.update(module.extra_metrics(restored))
         return metrics
+
+    @staticmethod
+    def selected(trainer: Trainer, module: DIPModule) -> tuple[torch.Tensor, int]:
+        """The image to write ``(C, H, W)`` (on the CPU, in [0, 1]) and its step: a stopping
+        criterion's choice when the fit has one, else the current restored image."""
+        chosen = stopping_selection(trainer)
+        if chosen is None:
+            return module.restored(), int(trainer.global_step)
+        _, image, step = chosen
+        return image[0].detach().float().clamp(0, 1).cpu(), step
+
+    @staticmethod
+    def criterion_metrics(criterion: StoppingCriterion, module: DIPModule) -> dict[str, Any]:
+        """What a criterion chose: its step, the step it stopped (or would have) at and, with
+        a clean reference, the PSNR of its image."""
+        from dip_lightning.tasks.base import psnr
+
+        out: dict[str, Any] = {"would_stop_step": criterion.would_stop_step}
+        selection = criterion.selection()
+        if selection is None:
+            return {**out, "selected_step": None}
+        image, step, score = selection
+        out.update(selected_step=step, score=score)
+        assert module.sample is not None
+        clean = module.sample.clean
+        if clean is not None:
+            restored = image[0].detach().float().clamp(0, 1).cpu()
+            out["psnr"] = float(psnr(restored[None], clean[None]))
+        return out
 
     def write(self, trainer: Trainer, module: DIPModule, interrupted: bool = False) -> Path:
         """Write ``restored.png`` and ``metrics.json`` into the run directory, atomically."""
@@ -150,9 +188,8 @@ class RunArtifacts(Callback):
         if interrupted:
             metrics["interrupted"] = True
         image_path = directory / self.filename
-        save_image(
-            module.restored(), image_path, like=module.sample.info, alpha=module.sample.alpha
-        )
+        restored, _ = self.selected(trainer, module)
+        save_image(restored, image_path, like=module.sample.info, alpha=module.sample.alpha)
         atomic_write_json(directory / "metrics.json", metrics)
         numbers = {
             f"final/{key}": float(value)

@@ -1,0 +1,241 @@
+"""Stopping without ground truth: the criteria on synthetic output sequences whose best step is
+known, and inside real fits (selection written to metrics.json, exact resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from dip_lightning.callbacks import (
+    ExponentialVariance,
+    HeldoutStopping,
+    StoppingCriterion,
+    WindowedVariance,
+)
+from dip_lightning.cli import main
+from dip_lightning.errors import ConfigError
+
+
+class FakeModule:
+    """What a criterion reads of a DIPModule: the raw output, the restored image, the held-out
+    error and the divergence flag."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.last_output = torch.zeros(shape)
+        self.restored = torch.zeros(shape)
+        self._bad = torch.tensor(False)
+        self._heldout_mse: torch.Tensor | None = None
+        self.holdout_keep: torch.Tensor | None = torch.ones(1)
+        self.logged: dict[str, list[float]] = {}
+
+    def restored_batch(self) -> torch.Tensor:
+        return self.restored
+
+    def log(self, name: str, value: torch.Tensor, **kwargs: Any) -> None:
+        self.logged.setdefault(name, []).append(float(value))
+
+
+def drive(
+    criterion: StoppingCriterion, outputs: list[torch.Tensor], scores: list[float] | None = None
+) -> tuple[SimpleNamespace, FakeModule, int]:
+    """Feed ``outputs`` (and held-out ``scores``) step by step; the trainer, the module and the
+    number of steps run before the criterion stopped the fit."""
+    module = FakeModule(tuple(outputs[0].shape))
+    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    for index, output in enumerate(outputs):
+        trainer.global_step = index + 1
+        module.last_output = output
+        module.restored = output + 1.0  # the image kept is the restored one, not the raw one
+        if scores is not None:
+            module._heldout_mse = torch.tensor(scores[index])
+        criterion.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        if trainer.should_stop:
+            break
+    return trainer, module, trainer.global_step
+
+
+def u_shaped_outputs(
+    steps: int, quiet: range, seed: int = 0, shape: tuple[int, ...] = (1, 3, 7, 9)
+) -> list[torch.Tensor]:
+    """Outputs that jitter around a fixed image, except on the steps of ``quiet`` (1-based),
+    where they are exactly that image: the variance is lowest at the quiet stretch's end."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.rand(shape, generator=generator)
+    outputs = []
+    for step in range(1, steps + 1):
+        distance = 0 if step in quiet else min(abs(step - quiet.start), abs(step - quiet.stop))
+        amplitude = 0.0 if step in quiet else 0.05 + distance / steps
+        outputs.append(base + amplitude * torch.randn(shape, generator=generator))
+    return outputs
+
+
+def test_windowed_variance_selects_the_end_of_the_quiet_window_and_stops_after_patience() -> None:
+    quiet = range(301, 401)  # exactly the window's length: variance 0 only at step 400
+    outputs = u_shaped_outputs(900, quiet)
+    criterion = WindowedVariance(window=100, patience=250)
+    trainer, module, steps = drive(criterion, outputs)
+    selection = criterion.selection()
+    assert selection is not None
+    image, step, score = selection
+    assert step == 400 and score == pytest.approx(0.0, abs=1e-12)
+    assert steps == 650 and trainer.should_stop and criterion.would_stop_step == 650
+    torch.testing.assert_close(image, outputs[399] + 1.0)
+    assert "stopping/variance" in module.logged
+
+
+def test_windowed_variance_equals_the_variance_of_the_last_window() -> None:
+    outputs = u_shaped_outputs(40, range(100, 101), seed=3)
+    criterion = WindowedVariance(window=7, patience=1000, min_steps=0)
+    drive(criterion, outputs)
+    stack = torch.stack([o[0] for o in outputs])
+    expected = [float(stack[t - 6 : t + 1].var(dim=0, unbiased=False).mean()) for t in range(6, 40)]
+    selection = criterion.selection()
+    assert selection is not None
+    best = min(range(len(expected)), key=expected.__getitem__)
+    assert selection[1] == best + 7
+    assert selection[2] == pytest.approx(expected[best], rel=1e-5)
+
+
+def test_exponential_variance_follows_its_recursion_and_selects_the_quiet_end() -> None:
+    quiet = range(201, 351)
+    outputs = u_shaped_outputs(700, quiet, seed=1)
+    criterion = ExponentialVariance(alpha=0.1, patience=200)
+    _, _, steps = drive(criterion, outputs)
+    selection = criterion.selection()
+    assert selection is not None
+    assert selection[1] == 350  # the variance decays through the whole quiet stretch
+    assert steps == 550
+    # the recursion, computed independently in float64
+    alpha, mean, var = 0.1, outputs[0].double(), torch.zeros_like(outputs[0]).double()
+    for x in outputs[1:350]:
+        delta = x.double() - mean
+        var = (1 - alpha) * (var + alpha * delta.square())
+        mean = mean + alpha * delta
+    assert selection[2] == pytest.approx(float(var.mean()), rel=1e-4, abs=1e-12)
+
+
+def test_heldout_stopping_selects_the_minimum_of_the_score() -> None:
+    scores = [(s - 420) ** 2 / 1e4 + 0.01 for s in range(1, 1001)]
+    outputs = [torch.full((1, 1, 3, 5), float(s)) for s in range(1, 1001)]
+    criterion = HeldoutStopping(patience=300)
+    _, _, steps = drive(criterion, outputs, scores)
+    selection = criterion.selection()
+    assert selection is not None and selection[1] == 420 and steps == 720
+    torch.testing.assert_close(selection[0], outputs[419] + 1.0)
+
+
+def test_a_criterion_that_does_not_stop_records_when_it_would_have() -> None:
+    scores = [abs(s - 100) / 100 for s in range(1, 601)]
+    outputs = [torch.full((1, 1, 2, 2), float(s)) for s in range(1, 601)]
+    criterion = HeldoutStopping(patience=50, stop=False)
+    trainer, _, steps = drive(criterion, outputs, scores)
+    assert steps == 600 and not trainer.should_stop
+    assert criterion.would_stop_step == 150
+    selection = criterion.selection()
+    assert selection is not None and selection[1] == 100  # frozen when the patience ran out
+
+
+def test_diverged_steps_and_the_first_steps_are_never_selected() -> None:
+    scores = [1.0 - s / 1000 for s in range(1, 301)]  # always improving
+    outputs = [torch.zeros(1, 1, 2, 2) for _ in range(300)]
+    criterion = HeldoutStopping(patience=1000, min_steps=10)
+    module = FakeModule((1, 1, 2, 2))
+    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    for index in range(300):
+        trainer.global_step = index + 1
+        module._heldout_mse = torch.tensor(scores[index])
+        module._bad = torch.tensor(index + 1 >= 250)  # diverged from step 250 on
+        module.last_output = outputs[index]
+        criterion.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+    selection = criterion.selection()
+    assert selection is not None and selection[1] == 249
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: WindowedVariance(window=1), "window"),
+        (lambda: ExponentialVariance(alpha=1.5), "alpha"),
+        (lambda: HeldoutStopping(patience=0), "patience"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(make: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_heldout_stopping_without_held_out_pixels_says_what_to_set() -> None:
+    module = FakeModule((1, 1, 2, 2))
+    module.holdout_keep = None
+    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        HeldoutStopping().on_fit_start(trainer, module)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- in a real fit
+
+TINY_NET = [
+    "--model.net.class_path=dip_lightning.networks.SkipNet",
+    "--model.net.init_args.channels_down=8",
+    "--model.net.init_args.channels_up=8",
+    "--model.net.init_args.channels_skip=2",
+    "--model.net.init_args.levels=2",
+]
+
+
+def _fit(tmp_path: Path, image: Path, extra: list[str], name: str) -> dict[str, Any]:
+    main(
+        [
+            "fit",
+            f"--data.image={image}",
+            "--data.noise_sigma=25",
+            *TINY_NET,
+            "--model.holdout_fraction=0.05",
+            "--trainer.callbacks+=dip_lightning.callbacks.HeldoutStopping",
+            "--trainer.callbacks.patience=15",
+            "--trainer.callbacks.min_steps=5",
+            "--trainer.callbacks+=dip_lightning.callbacks.WindowedVariance",
+            "--trainer.callbacks.window=10",
+            "--trainer.callbacks.patience=1000",
+            "--trainer.callbacks.stop=false",
+            "--trainer.log_every_n_steps=5",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / name}",
+            f"--trainer.logger.save_dir={tmp_path / name}",
+            *extra,
+        ]
+    )
+    return json.loads(next((tmp_path / name).rglob("metrics.json")).read_text())
+
+
+def test_a_fit_writes_the_selected_image_and_the_criteria(tmp_path: Path, rgb_png: Path) -> None:
+    metrics = _fit(tmp_path, rgb_png, ["--trainer.max_steps=400"], "run")
+    criteria = metrics["criteria"]
+    assert metrics["stopping"] == "heldout"
+    heldout = criteria["heldout"]
+    assert heldout["would_stop_step"] == metrics["steps"] < 400  # it stopped the fit
+    assert metrics["selected_step"] == heldout["selected_step"] == metrics["steps"] - 15
+    assert metrics["psnr"] == pytest.approx(heldout["psnr"], abs=1e-4)
+    assert criteria["variance"]["would_stop_step"] is None
+    assert criteria["variance"]["selected_step"] >= 11
+    assert math.isfinite(criteria["variance"]["psnr"])
+
+
+def test_a_stopped_fit_resumes_to_the_same_selection(tmp_path: Path, rgb_png: Path) -> None:
+    whole = _fit(tmp_path, rgb_png, ["--trainer.max_steps=30"], "whole")
+    _fit(tmp_path, rgb_png, ["--trainer.max_steps=18"], "first")
+    checkpoint = next((tmp_path / "first").rglob("last.ckpt"))
+    resumed = _fit(
+        tmp_path, rgb_png, ["--trainer.max_steps=30", f"--ckpt_path={checkpoint}"], "second"
+    )
+    for key in ("selected_step", "psnr", "steps"):
+        assert resumed[key] == whole[key]
+    assert resumed["criteria"]["variance"] == whole["criteria"]["variance"]
