@@ -2,16 +2,22 @@
 
 Every run is an ordinary ``dip fit`` (:func:`dip_lightning.cli.main`) of a preset in
 ``configs/paper/`` with the image swapped in; its ``metrics.json`` gives the numbers. The result
-is a markdown table with the published numbers beside ours::
+is a markdown table with the published numbers beside ours (``--json`` and ``--csv`` also write
+one row per run)::
 
-    python benchmarks/reproduce.py --scale cpu --out reproduce.md            # about an hour
+    python benchmarks/reproduce.py --scale cpu --out reproduce.md            # about 40 minutes
     python benchmarks/reproduce.py --scale paper --out reproduce_paper.md    # a GPU's work
     python benchmarks/reproduce.py --scale cpu --only table1 --limit 1       # Barbara only
 
 ``--scale paper`` runs each preset as it is (full images, the notebooks' steps). ``--scale cpu``
-runs the same presets on centre crops with fewer steps (see :data:`CPU_PLAN`) so the whole set
-finishes in about an hour on a 2-core CPU; its numbers show the method working, not the
-published values, which need the full images and the full schedules.
+runs the same presets, with the paper's networks, on centre crops with fewer steps (see
+:data:`CPU_PLAN`): Table 1 on 96x96 crops for 300 steps at lr 0.01 (the paper: full 512x512 or
+256x256 images, 11000 steps at lr 0.001), the denoising set on 64x64 crops for 400 steps (the
+paper: full images, 3000 steps), zebra on a 128x128 crop of the high-resolution image for 500
+steps (the paper: the full image, 2000 steps at x4 and 4000 at x8). The 22 runs take about 40
+minutes on a 2-core CPU; their numbers show the method working, not the published values, which
+need the full images and the full schedules. On a machine shared with other work, ``--threads 1``
+is faster than PyTorch's default of one thread per core.
 
 The reference images are read from ``--data-root`` (``<repo>/../shared/data`` by default; the
 layout is described in its README). Cropped inputs and run directories go to ``--work-dir``.
@@ -20,8 +26,11 @@ layout is described in its README). Cropped inputs and run directories go to ``-
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
+import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -81,14 +90,37 @@ class CpuSetting:
     overrides: tuple[tuple[str, str], ...] = ()
 
 
-#: ``--scale cpu`` per set; everything else is the preset's. With the paper's 128-channel network
-#: a step takes about 0.23 s at 128x128 on 2 cores, so the 22 runs take about an hour.
+#: ``--scale cpu`` per set; everything else is the preset's (the paper's 128-channel networks).
+#: Measured on a shared 2-core CPU with ``--threads 1``, a step takes about 0.13 s at 64x64,
+#: 0.38 s at 96x96 and 0.6 s at 128x128, so the 22 runs take about 40 minutes.
 CPU_PLAN: dict[str, CpuSetting] = {
-    # lr 0.01 instead of 0.001: 11000 steps do not fit, 1000 at the larger rate get close
-    "table1": CpuSetting(crop=128, steps=1000, overrides=(("model.init_args.lr", "0.01"),)),
-    "denoise": CpuSetting(crop=96, steps=500),
-    "sr": CpuSetting(crop=160, steps=1000),
+    # lr 0.01 instead of 0.001: 11000 steps do not fit; at the larger rate the PSNR is within
+    # about 0.5 dB of its 600-step value after 300 steps
+    "table1": CpuSetting(crop=96, steps=300, overrides=(("model.init_args.lr", "0.01"),)),
+    "denoise": CpuSetting(crop=64, steps=400),
+    "sr": CpuSetting(crop=128, steps=500),
 }
+
+#: The columns of ``--csv`` (and the keys of each run in ``--json``).
+RESULT_FIELDS = (
+    "set",
+    "image",
+    "config",
+    "crop",
+    "steps",
+    "input_psnr",
+    "psnr",
+    "psnr_y",
+    "bicubic_psnr",
+    "bicubic_psnr_y",
+    "ssim",
+    "peak_psnr",
+    "peak_step",
+    "published_dip",
+    "published_csc",
+    "seconds",
+    "seconds_per_step",
+)
 
 
 @dataclass
@@ -328,6 +360,78 @@ def report(results: list[tuple[Job, dict[str, float]]], plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def result_rows(results: list[tuple[Job, dict[str, float]]], plan: Plan) -> list[dict[str, object]]:
+    """One flat record per run (the fields of :data:`RESULT_FIELDS`; ``None`` when not known)."""
+    rows: list[dict[str, object]] = []
+    for job, m in results:
+        row: dict[str, object] = {
+            "set": job.set,
+            "image": job.name,
+            "config": job.config.relative_to(REPO).as_posix()
+            if job.config.is_relative_to(REPO)
+            else str(job.config),
+            "crop": plan.crop_for(job.set),
+            "steps": m.get("steps"),
+            "published_dip": job.published.get("dip"),
+            "published_csc": job.published.get("csc"),
+        }
+        for key in RESULT_FIELDS:
+            if key not in row:
+                value = m.get(key)
+                row[key] = value if value is None or math.isfinite(value) else None
+        rows.append({key: row[key] for key in RESULT_FIELDS})
+    return rows
+
+
+def write_json(
+    path: Path,
+    rows: list[dict[str, object]],
+    plan: Plan,
+    minutes: float,
+    argv: list[str],
+    threads: int,
+) -> None:
+    """The runs and what made them: arguments, scale, plan, machine, published means."""
+    import torch
+
+    document = {
+        "scale": plan.scale,
+        "arguments": argv,
+        "minutes": round(minutes, 2),
+        "plan": {
+            name: {
+                "crop": plan.crop_for(name),
+                "steps": plan.steps_for(name),
+                "overrides": plan.set_for(name),
+            }
+            for name in SETS
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": threads,
+        },
+        "published": {
+            "table1_dip_mean": TABLE1_MEAN,
+            "denoise_means": DENOISE_MEAN,
+            "sr_set14_x4_means": SR_SET14_X4,
+        },
+        "runs": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="reproduce.py", description=__doc__.split("\n\n")[0] if __doc__ else None
@@ -336,7 +440,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scale",
         choices=("cpu", "paper"),
         default="cpu",
-        help="cpu: centre crops and fewer steps (about an hour on 2 cores); "
+        help="cpu: centre crops and fewer steps (Table 1: 96x96, 300 steps at lr 0.01; "
+        "denoising: 64x64, 400 steps; zebra: 128x128, 500 steps; about 40 minutes on 2 cores); "
         "paper: the presets as they are (default: cpu)",
     )
     parser.add_argument(
@@ -350,6 +455,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--limit", type=int, help="run only the first N images of each set")
     parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--json", type=Path, help="also write every run's numbers and the settings as JSON"
+    )
+    parser.add_argument("--csv", type=Path, help="also write every run's numbers as CSV")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch threads per run (default: PyTorch's, one per core; 1 is faster on a "
+        "machine shared with other work)",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -369,7 +484,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    for option in ("crop", "steps"):
+    for option in ("crop", "steps", "threads"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
     for item in args.overrides:
@@ -380,6 +495,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Run the selected sets and print (and with ``--out`` write) the markdown table."""
+    import torch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     overrides: list[str] = []
     for item in args.overrides:
@@ -389,15 +507,21 @@ def main(argv: Sequence[str] | None = None) -> str:
     sets = tuple(args.only) if args.only else SETS
     root = args.data_root.resolve()
     need(root)
-    with tempfile.TemporaryDirectory(prefix="dip-reproduce-") as tmp:
-        work = (args.work_dir or Path(tmp)).resolve()
-        jobs = build_jobs(sets, root, work, plan, args.limit)
-        results: list[tuple[Job, dict[str, float]]] = []
-        start = time.perf_counter()
-        for index, job in enumerate(jobs, 1):
-            print(f"[{index}/{len(jobs)}] {job.set}: {job.name}", file=sys.stderr, flush=True)
-            results.append((job, run(job, plan, work / "runs")))
-        minutes = (time.perf_counter() - start) / 60
+    default_threads = torch.get_num_threads()
+    threads = args.threads or default_threads
+    try:
+        torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory(prefix="dip-reproduce-") as tmp:
+            work = (args.work_dir or Path(tmp)).resolve()
+            jobs = build_jobs(sets, root, work, plan, args.limit)
+            results: list[tuple[Job, dict[str, float]]] = []
+            start = time.perf_counter()
+            for index, job in enumerate(jobs, 1):
+                print(f"[{index}/{len(jobs)}] {job.set}: {job.name}", file=sys.stderr, flush=True)
+                results.append((job, run(job, plan, work / "runs")))
+            minutes = (time.perf_counter() - start) / 60
+    finally:
+        torch.set_num_threads(default_threads)
     header = (
         f"## Deep Image Prior: reproduction (`--scale {args.scale}`, {len(jobs)} runs, "
         f"{minutes:.1f} minutes)\n\n"
@@ -407,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
+    if args.json is not None or args.csv is not None:
+        rows = result_rows(results, plan)
+        if args.json is not None:
+            write_json(args.json, rows, plan, minutes, argv, threads)
+        if args.csv is not None:
+            write_csv(args.csv, rows)
     return table
 
 
