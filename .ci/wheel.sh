@@ -16,4 +16,8 @@ mkdir "$work/run" && cd "$work/run"
 "$work/venv/bin/dip" fit --config denoise --trainer.max_steps 3 --trainer.enable_progress_bar false
 test -s lightning_logs/version_0/restored.png
 test -s lightning_logs/version_0/metrics.json
-echo "wheel: installed dip ran from $(pwd) with the built-in presets"
+sample=$("$work/venv/bin/python" -c "from dip_lightning.data.datamodule import sample_image_path; print(sample_image_path())")
+"$work/venv/bin/dip" restore "$sample" -o restored.png --max-steps 5 --metrics metrics.json --quiet
+"$work/venv/bin/python" -c "from PIL import Image; assert Image.open('restored.png').size == Image.open('$sample').size"
+test -s metrics.json
+echo "wheel: installed dip (fit, restore) ran from $(pwd) with the built-in presets"

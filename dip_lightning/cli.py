@@ -227,6 +227,12 @@ def main(args: list[str] | None = None) -> None:
         print_presets()
         return
     command = EXTRA_COMMANDS.get(argv[0]) if argv else None
+    if command is None and ("--quiet" in argv or "-q" in argv):
+        # no progress bar, no model summary, warnings and errors only
+        argv = [a for a in argv if a not in ("--quiet", "-q")]
+        argv += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+        for name in ("dip_lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if command is not None:
             module_name, function = command.rsplit(":", 1)

@@ -200,10 +200,11 @@ def _fit(tmp_path: Path, image: Path, extra: list[str], name: str) -> dict[str, 
             *TINY_NET,
             "--model.holdout_fraction=0.05",
             "--trainer.callbacks+=dip_lightning.callbacks.HeldoutStopping",
-            "--trainer.callbacks.patience=15",
+            "--trainer.callbacks.patience=10",
             "--trainer.callbacks.min_steps=5",
             "--trainer.callbacks+=dip_lightning.callbacks.WindowedVariance",
             "--trainer.callbacks.window=10",
+            "--trainer.callbacks.min_steps=10",
             "--trainer.callbacks.patience=1000",
             "--trainer.callbacks.stop=false",
             "--trainer.log_every_n_steps=5",
@@ -217,12 +218,12 @@ def _fit(tmp_path: Path, image: Path, extra: list[str], name: str) -> dict[str, 
 
 
 def test_a_fit_writes_the_selected_image_and_the_criteria(tmp_path: Path, rgb_png: Path) -> None:
-    metrics = _fit(tmp_path, rgb_png, ["--trainer.max_steps=400"], "run")
+    metrics = _fit(tmp_path, rgb_png, ["--trainer.max_steps=200"], "run")
     criteria = metrics["criteria"]
     assert metrics["stopping"] == "heldout"
     heldout = criteria["heldout"]
-    assert heldout["would_stop_step"] == metrics["steps"] < 400  # it stopped the fit
-    assert metrics["selected_step"] == heldout["selected_step"] == metrics["steps"] - 15
+    assert heldout["would_stop_step"] == metrics["steps"] < 200  # it stopped the fit
+    assert metrics["selected_step"] == heldout["selected_step"] == metrics["steps"] - 10
     assert metrics["psnr"] == pytest.approx(heldout["psnr"], abs=1e-4)
     assert criteria["variance"]["would_stop_step"] is None
     assert criteria["variance"]["selected_step"] >= 11

@@ -224,15 +224,17 @@ class WindowedVariance(StoppingCriterion):
     Args:
         window: number of outputs (100 in the paper).
         patience: steps without a lower variance before stopping (1000 in the paper).
+        min_steps: steps before a step may be selected (at least the window fills).
     """
 
     name = "variance"
 
-    def __init__(self, window: int = 100, patience: int = 1000, **kwargs: Any) -> None:
+    def __init__(
+        self, window: int = 100, patience: int = 1000, min_steps: int = 100, **kwargs: Any
+    ) -> None:
         if isinstance(window, bool) or int(window) != window or window < 2:
             raise ConfigError(f"variance.window = {window} is out of range; use >= 2")
-        kwargs.setdefault("min_steps", window)
-        super().__init__(patience=patience, **kwargs)
+        super().__init__(patience=patience, min_steps=min_steps, **kwargs)
         self.window = int(window)
         self._outputs: torch.Tensor | None = None
         self._count = 0
@@ -267,15 +269,18 @@ class ExponentialVariance(StoppingCriterion):
     Args:
         alpha: the weight ``a`` of the newest output (0.1 in the paper).
         patience: steps without a lower variance before stopping.
+        min_steps: steps before a step may be selected (the variance of the first outputs,
+            which start from a flat image, says nothing about noise).
     """
 
     name = "ema_variance"
 
-    def __init__(self, alpha: float = 0.1, patience: int = 1000, **kwargs: Any) -> None:
+    def __init__(
+        self, alpha: float = 0.1, patience: int = 1000, min_steps: int = 100, **kwargs: Any
+    ) -> None:
         if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
             raise ConfigError(f"ema_variance.alpha = {alpha} is out of range; use (0, 1)")
-        kwargs.setdefault("min_steps", math.ceil(2 / alpha))
-        super().__init__(patience=patience, **kwargs)
+        super().__init__(patience=patience, min_steps=min_steps, **kwargs)
         self.alpha = float(alpha)
         self._mean: torch.Tensor | None = None
         self._variance: torch.Tensor | None = None
@@ -317,13 +322,13 @@ class HeldoutStopping(StoppingCriterion):
 
     Args:
         patience: steps without a lower held-out error before stopping.
+        min_steps: steps before a step may be selected.
     """
 
     name = "heldout"
 
-    def __init__(self, patience: int = 300, **kwargs: Any) -> None:
-        kwargs.setdefault("min_steps", 50)
-        super().__init__(patience=patience, **kwargs)
+    def __init__(self, patience: int = 200, min_steps: int = 50, **kwargs: Any) -> None:
+        super().__init__(patience=patience, min_steps=min_steps, **kwargs)
 
     def prepare(self, module: DIPModule) -> None:
         if module.holdout_keep is None:
