@@ -8,6 +8,7 @@ subclass only chooses its degradation (:meth:`DIPModule.build_degradation`) and 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -35,6 +36,11 @@ from dip_lightning.networks.skip import SkipNet
 NetFactory = Callable[[int, int], nn.Module]
 
 LossName = Literal["mse", "l1"]
+
+log = logging.getLogger(__name__)
+
+#: The divergence policy looks at its counters (one host sync) every this many steps at most.
+DIVERGENCE_CHECK_EVERY = 10
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -96,6 +102,16 @@ class DIPModule(LightningModule):
         guard_drop_db: roll the parameters back to the last good state when the PSNR of
             ``A(x_hat)`` against the observation drops by more than this many dB, or the loss is
             not finite; ``null`` turns the guard off.
+        max_recoveries: the divergence policy. When the guard rolls back this many steps in a
+            row, the learning rate is multiplied by ``lr_decay_on_divergence`` and the optimizer
+            restarts (its state cleared) from the last good parameters; when that has happened
+            ``max_lr_reductions`` times, the next such run stops the fit with a warning,
+            keeping the restored image, which only ever took in good steps. The run lengths
+            are counted on the device and looked at every ``min(max_recoveries, 10)`` steps.
+            ``null`` turns the policy off (the guard alone rolls back, as in the paper).
+        lr_decay_on_divergence: factor in (0, 1) applied to the learning rate by the policy.
+        max_lr_reductions: learning-rate reductions before the policy stops the fit (0: stop
+            at the first run of ``max_recoveries`` roll-backs).
         image_every_n_steps: log the output image to TensorBoard every this many steps.
         seed: seed of the network weights, ``z`` and the per-step perturbation.
         holdout_fraction: fraction of the observed pixels left out of the data term (chosen at
@@ -149,6 +165,9 @@ class DIPModule(LightningModule):
         loss: LossName = "mse",
         ema_decay: float = 0.0,
         guard_drop_db: float | None = 5.0,
+        max_recoveries: int | None = 5,
+        lr_decay_on_divergence: float = 0.5,
+        max_lr_reductions: int = 3,
         image_every_n_steps: int = 500,
         seed: int = 0,
         holdout_fraction: float = 0.0,
@@ -170,7 +189,16 @@ class DIPModule(LightningModule):
             ("ema_decay", ema_decay, 0 <= ema_decay < 1, "use a weight in [0, 1), 0.99 or 0"),
             ("image_every_n_steps", image_every_n_steps, image_every_n_steps >= 1, "use >= 1"),
             ("holdout_fraction", holdout_fraction, 0 <= holdout_fraction < 1, "use [0, 1)"),
+            (
+                "lr_decay_on_divergence",
+                lr_decay_on_divergence,
+                0 < lr_decay_on_divergence < 1,
+                "use a factor in (0, 1), e.g. 0.5",
+            ),
+            ("max_lr_reductions", max_lr_reductions, max_lr_reductions >= 0, "use >= 0"),
         ]
+        if max_recoveries is not None:
+            checks.append(("max_recoveries", max_recoveries, max_recoveries >= 1, "use >= 1"))
         if guard_drop_db is not None:
             checks.append(("guard_drop_db", guard_drop_db, guard_drop_db > 0, "use > 0 or null"))
         for name, value, ok, fix in checks:
@@ -189,6 +217,15 @@ class DIPModule(LightningModule):
         self.loss_name = loss
         self.ema_decay = float(ema_decay)
         self.guard_drop_db = guard_drop_db
+        self.max_recoveries = None if max_recoveries is None else int(max_recoveries)
+        self.lr_decay_on_divergence = float(lr_decay_on_divergence)
+        self.max_lr_reductions = int(max_lr_reductions)
+        #: learning-rate reductions made by the divergence policy so far
+        self.lr_reductions = 0
+        #: whether the divergence policy stopped the last fit
+        self.stopped_on_divergence = False
+        self._failed_run: torch.Tensor | None = None  # roll-backs in a row, on the device
+        self._worst_run: torch.Tensor | None = None  # longest run since the last check
         self.image_every_n_steps = int(image_every_n_steps)
         self.seed = int(seed)
         self.holdout_fraction = float(holdout_fraction)
@@ -451,7 +488,8 @@ class DIPModule(LightningModule):
             self._track_heldout(bad, step)
 
     def on_after_backward(self) -> None:
-        """Roll back to the last good parameters when this step's output diverged."""
+        """Roll back to the last good parameters when this step's output diverged, then apply
+        the divergence policy (:meth:`apply_divergence_policy`)."""
         if self.guard_drop_db is None or self._bad is None or self.net is None:
             return
         bad = self._bad
@@ -466,6 +504,73 @@ class DIPModule(LightningModule):
                     param.grad.masked_fill_(bad, 0.0)
             self.guard_psnr.copy_(torch.where(bad, self.guard_psnr, self._psnr_observed))
             self.recoveries.add_(bad.long())
+            self._count_failed_run(bad)
+        step = self.global_step + 1
+        if self.max_recoveries is not None and step % self._divergence_every == 0:
+            self.apply_divergence_policy(step)
+
+    @property
+    def _divergence_every(self) -> int:
+        return min(self.max_recoveries or DIVERGENCE_CHECK_EVERY, DIVERGENCE_CHECK_EVERY)
+
+    def _count_failed_run(self, bad: torch.Tensor) -> None:
+        """The length of the current run of roll-backs and the longest since the last check,
+        on the device (no sync)."""
+        if self.max_recoveries is None:
+            return
+        if self._failed_run is None or self._worst_run is None:
+            self._failed_run = torch.zeros((), dtype=torch.long, device=bad.device)
+            self._worst_run = torch.zeros((), dtype=torch.long, device=bad.device)
+        elif self._failed_run.device != bad.device:
+            self._failed_run = self._failed_run.to(bad.device)
+            self._worst_run = self._worst_run.to(bad.device)
+        self._failed_run.add_(1).mul_(bad.long())
+        torch.maximum(self._worst_run, self._failed_run, out=self._worst_run)
+
+    def apply_divergence_policy(self, step: int) -> None:
+        """After a run of ``max_recoveries`` roll-backs: lower the learning rate and restart the
+        optimizer from the last good parameters, or, after ``max_lr_reductions`` reductions, stop
+        the fit (the restored image only ever took in good steps, so it is kept as it is)."""
+        assert self.max_recoveries is not None
+        if self._failed_run is None or self._worst_run is None:
+            return
+        worst = int(self._worst_run)  # the one host sync, every few steps
+        self._worst_run.copy_(self._failed_run)
+        if worst < self.max_recoveries:
+            return
+        optimizers = list(self.trainer.optimizers)
+        lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.lr
+        if self.lr_reductions >= self.max_lr_reductions:
+            self.stopped_on_divergence = True
+            self.trainer.should_stop = True
+            log.warning(
+                "stopped at step %d: %d steps in a row diverged and were rolled back even after "
+                "%d learning-rate reductions (lr %g -> %g); kept the output of the good steps; "
+                "try a lower model.lr",
+                step,
+                worst,
+                self.lr_reductions,
+                self.lr,
+                lr,
+            )
+            return
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * self.lr_decay_on_divergence
+            optimizer.state.clear()  # a fresh start: no momentum from the diverged steps
+        self.lr_reductions += 1
+        self._failed_run.zero_()
+        self._worst_run.zero_()
+        log.warning(
+            "step %d: %d steps in a row diverged; learning rate %g -> %g (reduction %d of %d), "
+            "optimizer restarted from the last good parameters",
+            step,
+            worst,
+            lr,
+            lr * self.lr_decay_on_divergence,
+            self.lr_reductions,
+            self.max_lr_reductions,
+        )
 
     # ------------------------------------------------------------------ held-out pixels
 
@@ -587,6 +692,11 @@ class DIPModule(LightningModule):
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
         state["offsets"] = self._offsets.get_state()
+        state["divergence"] = {
+            "lr_reductions": self.lr_reductions,
+            "failed_run": None if self._failed_run is None else self._failed_run.cpu(),
+            "worst_run": None if self._worst_run is None else self._worst_run.cpu(),
+        }
         checkpoint["dip_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -595,6 +705,25 @@ class DIPModule(LightningModule):
         self._generator_state = state.get("generator")
         if "offsets" in state:
             self._offsets.set_state(state["offsets"])
+        divergence = state.get("divergence", {})
+        self.lr_reductions = int(divergence.get("lr_reductions", 0))
+        self._failed_run = divergence.get("failed_run")
+        self._worst_run = divergence.get("worst_run")
 
     def on_train_start(self) -> None:
         self._guard_saved = [t.to(self.device) for t in self._guard_saved]
+        self.stopped_on_divergence = False
+
+    def on_train_end(self) -> None:
+        if self.lr_reductions and not self.stopped_on_divergence:
+            optimizers = list(self.trainer.optimizers)
+            lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.lr
+            log.warning(
+                "the fit diverged repeatedly: its learning rate was lowered %d time%s, "
+                "from %g to %g; start from model.lr %g next time",
+                self.lr_reductions,
+                "" if self.lr_reductions == 1 else "s",
+                self.lr,
+                lr,
+                lr,
+            )
