@@ -174,6 +174,8 @@ class SingleImageDataModule(LightningDataModule):
             raise ConfigError(
                 f"data.scale = {scale} is not supported; use one of {', '.join(map(str, SCALES))}"
             )
+        if not -(2**63) <= seed < 2**63:
+            raise ConfigError(f"data.seed = {seed} is out of range; use a seed below 2**63, e.g. 0")
         if jpeg_quality is not None and not 1 <= jpeg_quality <= 95:
             raise ConfigError(f"data.jpeg_quality = {jpeg_quality} is out of range; use 1 to 95")
         self.image_path = Path(image) if image else sample_image_path()

@@ -196,6 +196,7 @@ class DIPModule(LightningModule):
                 "use a factor in (0, 1), e.g. 0.5",
             ),
             ("max_lr_reductions", max_lr_reductions, max_lr_reductions >= 0, "use >= 0"),
+            ("seed", seed, -(2**63) <= seed < 2**63 - 4, "use a seed below 2**63, e.g. 0"),
         ]
         if max_recoveries is not None:
             checks.append(("max_recoveries", max_recoveries, max_recoveries >= 1, "use >= 1"))
