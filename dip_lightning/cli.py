@@ -165,7 +165,23 @@ class DIPCLI(LightningCLI):
         model, data = self.model, self.datamodule
         if isinstance(model, DIPModule) and isinstance(data, SingleImageDataModule):
             model.attach(data)
+            self.check_memory(model)
         return super().instantiate_trainer(**kwargs)
+
+    def check_memory(self, model: DIPModule) -> None:
+        """Refuse, in one line, a fit whose estimated peak memory exceeds what is available."""
+        import torch
+
+        from dip_lightning.memory import check_fit_memory
+
+        trainer = self._get(self.config_init, "trainer", default={}) or {}
+        precision = str(trainer.get("precision") or "32-true")
+        accelerator = str(trainer.get("accelerator") or "auto")
+        on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+        assert model.net is not None and model.crop_box is not None
+        box = model.crop_box
+        estimate = check_fit_memory(model.net, model.z, precision, on_gpu, (box.height, box.width))
+        log.debug("estimated peak memory: %s", estimate)
 
     def after_fit(self) -> None:
         directory = self.trainer.log_dir or self.trainer.default_root_dir

@@ -357,6 +357,8 @@ def parse(argv: list[str]) -> Namespace:
         cfg = parser.parse_args(argv)
     except argparse.ArgumentError as exc:
         raise ConfigError(f"{tidy_parser_message(str(exc))} (see dip restore --help)") from None
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:  # a --config that is not YAML
+        raise ConfigError(f"cannot read the options: {exc}; give a YAML file to --config") from None
     if cfg.task != "super-resolution" and "--scale" in " ".join(argv):
         raise ConfigError(f"--scale is for --task super-resolution, not {cfg.task}")
     if cfg.clean and len(cfg.inputs) > 1:
