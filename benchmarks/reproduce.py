@@ -5,19 +5,20 @@ Every run is an ordinary ``dip fit`` (:func:`dip_lightning.cli.main`) of a prese
 is a markdown table with the published numbers beside ours (``--json`` and ``--csv`` also write
 one row per run)::
 
-    python benchmarks/reproduce.py --scale cpu --out reproduce.md            # about 40 minutes
-    python benchmarks/reproduce.py --scale paper --out reproduce_paper.md    # a GPU's work
-    python benchmarks/reproduce.py --scale cpu --only table1 --limit 1       # Barbara only
+    python benchmarks/reproduce.py --scale cpu --threads 1 --out reproduce.md  # 30-50 minutes
+    python benchmarks/reproduce.py --scale paper --out reproduce_paper.md      # a GPU's work
+    python benchmarks/reproduce.py --scale cpu --only table1 --limit 1         # Barbara only
 
 ``--scale paper`` runs each preset as it is (full images, the notebooks' steps). ``--scale cpu``
 runs the same presets, with the paper's networks, on centre crops with fewer steps (see
 :data:`CPU_PLAN`): Table 1 on 96x96 crops for 300 steps at lr 0.01 (the paper: full 512x512 or
 256x256 images, 11000 steps at lr 0.001), the denoising set on 64x64 crops for 400 steps (the
 paper: full images, 3000 steps), zebra on a 128x128 crop of the high-resolution image for 500
-steps (the paper: the full image, 2000 steps at x4 and 4000 at x8). The 22 runs take about 40
-minutes on a 2-core CPU; their numbers show the method working, not the published values, which
-need the full images and the full schedules. On a machine shared with other work, ``--threads 1``
-is faster than PyTorch's default of one thread per core.
+steps (the paper: the full image, 2000 steps at x4 and 4000 at x8). The 22 runs took 49 minutes
+(32 minutes of CPU time) on a 2-core CPU shared with other jobs; their numbers show the method
+working, not the published values, which need the full images and the full schedules. On a
+machine shared with other work, ``--threads 1`` is faster than PyTorch's default of one thread
+per core (2.7 times per step in one measurement).
 
 The reference images are read from ``--data-root`` (``<repo>/../shared/data`` by default; the
 layout is described in its README). Cropped inputs and run directories go to ``--work-dir``.
@@ -91,8 +92,9 @@ class CpuSetting:
 
 
 #: ``--scale cpu`` per set; everything else is the preset's (the paper's 128-channel networks).
-#: Measured on a shared 2-core CPU with ``--threads 1``, a step takes about 0.13 s at 64x64,
-#: 0.38 s at 96x96 and 0.6 s at 128x128, so the 22 runs take about 40 minutes.
+#: Measured on a 2-core CPU shared with other jobs, with ``--threads 1``, a step took 0.2-0.3 s at
+#: 64x64, 0.3-0.6 s at 96x96 and 0.44-0.62 s at 128x128: 49 minutes for the 22 runs (32 minutes
+#: of CPU time).
 CPU_PLAN: dict[str, CpuSetting] = {
     # lr 0.01 instead of 0.001: 11000 steps do not fit; at the larger rate the PSNR is within
     # about 0.5 dB of its 600-step value after 300 steps
@@ -434,14 +436,16 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="reproduce.py", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog="reproduce.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--scale",
         choices=("cpu", "paper"),
         default="cpu",
         help="cpu: centre crops and fewer steps (Table 1: 96x96, 300 steps at lr 0.01; "
-        "denoising: 64x64, 400 steps; zebra: 128x128, 500 steps; about 40 minutes on 2 cores); "
+        "denoising: 64x64, 400 steps; zebra: 128x128, 500 steps; 30-50 minutes on 2 cores); "
         "paper: the presets as they are (default: cpu)",
     )
     parser.add_argument(
