@@ -1,20 +1,29 @@
 """Benchmark of ``dip search`` on denoising (sigma 25): what pruning saves, and how well the
 held-out objective picks the stopping step without a reference.
 
-    python benchmarks/search.py                       # 3 crops of 64x64, 16 trials, ~20 min CPU
+    python benchmarks/search.py                       # 3 crops of 64x64, 16 trials, ~35 min CPU
+    python benchmarks/search.py --out /tmp/b2 --reference /tmp/b1   # reuse b1's unpruned studies
     python benchmarks/search.py --data ../shared/data/denoising-cbm3d --crop 96 --trials 32
 
 For each image (a centre crop of the first ``--images`` files of ``--data``; the embedded
 sample with different noise seeds when the folder is missing):
 
 1. the same 16-trial TPE study (same seed and space: lr, sigma_p, max_steps) with the median
-   pruner and without pruning: best PSNR and the total optimisation steps all trials ran;
+   pruner and without pruning: best PSNR and the total optimisation steps all trials ran. The
+   pruner's options follow the shipped specs (``search/*.yaml``): 4 startup trials, no
+   decision before half the top of the max_steps range (``--warmup``), and none on the median
+   of fewer than 3 trials at a step. The study without pruning is deterministic (seeded TPE,
+   CPU), so ``--reference`` can take it from an earlier run's ``--out``; every trial the two
+   studies share (same parameters, run to the end) must then have the same PSNR, or the
+   benchmark stops;
 2. one fit of the base config for ``--heldout-steps`` steps with 5% of the pixels held out:
    the step where the held-out MSE is lowest (its choice, no reference needed) against the
    oracle step where the PSNR against the clean image peaks, and the PSNR at each.
 
-Prints a markdown table per part (the README quotes them). Everything is written under
-``--out`` (a temporary folder by default).
+Prints a markdown table per part (the README quotes them), and for the unpruned studies the
+rank correlation between a trial's PSNR at a step and its final PSNR (what a median pruner's
+decision at that step rests on). Everything is written under ``--out`` (a temporary folder by
+default).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -90,8 +100,23 @@ def spec_args(args: argparse.Namespace, image: Path, seed: int, out: Path) -> li
     ]  # fmt: skip
 
 
+def summary(study: Any, seconds: float) -> dict[str, Any]:
+    """A study's best PSNR, total steps, pruned trials, seconds and trials."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "best": study.best_value,
+        "steps": sum(int(t.user_attrs.get("steps", 0)) for t in trials),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
+        "seconds": seconds,
+        "trials": trials,
+    }
+
+
 def run_study(arguments: list[str]) -> dict[str, Any]:
-    """Run one study quietly; its best PSNR, total steps, pruned trials and seconds."""
+    """Run one study quietly (its wall time is kept as the study's ``benchmark_seconds``);
+    see :func:`summary`."""
     import optuna
 
     from dip_lightning.search.cli import parse_spec
@@ -101,13 +126,115 @@ def run_study(arguments: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         study = run_search(parse_spec(arguments))
-    trials = study.get_trials(deepcopy=False)
-    return {
-        "best": study.best_value,
-        "steps": sum(int(t.user_attrs.get("steps", 0)) for t in trials),
-        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
-        "seconds": time.perf_counter() - start,
+    seconds = time.perf_counter() - start
+    study.set_user_attr("benchmark_seconds", seconds)
+    return summary(study, seconds)
+
+
+def load_finished(folder: Path, study_name: str, trials: int) -> dict[str, Any] | None:
+    """The study ``study_name`` that a run with ``--out folder`` left, when it holds ``trials``
+    finished trials; see :func:`summary`."""
+    import optuna
+
+    path = folder / study_name / "study.db"
+    if not path.is_file():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    if len(done) != trials:
+        return None
+    return summary(study, float(study.user_attrs.get("benchmark_seconds", math.nan)))
+
+
+def check_same_fits(pruned: dict[str, Any], reference: dict[str, Any], name: str) -> int:
+    """Stop when a trial run to the end in both studies with the same parameters has another
+    PSNR (the reference came from other code or settings); the number of such trials."""
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+    known = {
+        json.dumps(t.params, sort_keys=True): t.value
+        for t in reference["trials"]
+        if t.state == complete
     }
+    shared = 0
+    for trial in pruned["trials"]:
+        value = known.get(json.dumps(trial.params, sort_keys=True))
+        if trial.state != complete or value is None:
+            continue
+        if abs(float(trial.value) - float(value)) > 1e-3:
+            sys.exit(
+                f"--reference: {name} trial {trial.number} has PSNR {trial.value:.4f} here and "
+                f"{value:.4f} in the reference with the same parameters; run without --reference"
+            )
+        shared += 1
+    return shared
+
+
+def clairvoyant_share(result: dict[str, Any], n_startup: int, warmup: int) -> float:
+    """The share of the unpruned study's steps that a median rule knowing every trial's final
+    PSNR would run on the same trials: after ``n_startup`` complete trials, a trial whose final
+    PSNR is below the median of the complete ones before it stops at ``warmup``."""
+    import optuna
+
+    finals: list[float] = []
+    run = total = 0
+    for trial in result["trials"]:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        steps = int(trial.user_attrs.get("steps", 0))
+        total += steps
+        value = float(trial.value)
+        if len(finals) >= n_startup and value < statistics.median(finals) and steps > warmup:
+            run += warmup
+        else:
+            run += steps
+            finals.append(value)
+    return run / total if total else math.nan
+
+
+def _seconds(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def rank_correlations(result: dict[str, Any], steps: list[int]) -> list[float | None]:
+    """For each step, Spearman's correlation between the PSNR trials reported there and their
+    final PSNR, over the complete trials that ran past it (``None`` under 4 such trials)."""
+    import optuna
+
+    out: list[float | None] = []
+    for step in steps:
+        pairs = [
+            (t.intermediate_values[step], float(t.value))
+            for t in result["trials"]
+            if t.state == optuna.trial.TrialState.COMPLETE
+            and step in t.intermediate_values
+            and max(t.intermediate_values) > step
+        ]
+        if len(pairs) < 4:
+            out.append(None)
+            continue
+        x, y = _ranks([a for a, _ in pairs]), _ranks([b for _, b in pairs])
+        try:
+            out.append(statistics.correlation(x, y))
+        except statistics.StatisticsError:
+            out.append(None)
+    return out
 
 
 class _PsnrPerStep(Callback):
@@ -169,9 +296,28 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=600, help="top of the max_steps range")
     parser.add_argument("--heldout-steps", type=int, default=1200)
     parser.add_argument("--channels", type=int, default=32, help="SkipNet channels per level")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="the median pruner's n_warmup_steps (default: half of --max-steps)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="an earlier run's --out: take the unpruned studies from it instead of running them",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the studies an earlier run left in --out instead of running them again",
+    )
     args = parser.parse_args()
+    warmup = args.max_steps // 2 if args.warmup is None else args.warmup
+    pruner_options = {"n_startup_trials": 4, "n_warmup_steps": warmup, "n_min_trials": 3}
     warnings.filterwarnings("ignore")
     for logger in ("dip_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(logger).setLevel(logging.WARNING)
@@ -185,15 +331,30 @@ def main() -> None:
         name = image.stem
         results = {}
         for pruner in ("median", "none"):
+            study_name = f"{name}-{pruner}"
+            if pruner == "none" and args.reference is not None:
+                reference = load_finished(args.reference, study_name, args.trials)
+                if reference is None:
+                    sys.exit(f"--reference: no finished study {study_name} in {args.reference}")
+                results[pruner] = reference
+                shared = check_same_fits(results["median"], reference, name)
+                print(f"{name} none: from {args.reference} ({shared} shared trials agree)",
+                      file=sys.stderr)  # fmt: skip
+                continue
+            earlier = load_finished(out, study_name, args.trials) if args.reuse else None
+            if earlier is not None:
+                results[pruner] = earlier
+                print(f"{name} {pruner}: from {out}", file=sys.stderr)
+                continue
             arguments = [
                 *spec_args(args, image, seed, out),
                 "--pruner", pruner,
-                "--pruner_options", '{"n_startup_trials": 4, "n_warmup_steps": 100}'
-                if pruner == "median" else "{}",
-                "--study_name", f"{name}-{pruner}",
+                "--pruner_options", json.dumps(pruner_options if pruner == "median" else {}),
+                "--study_name", study_name,
             ]  # fmt: skip
             results[pruner] = run_study(arguments)
-            print(f"{name} {pruner}: {results[pruner]}", file=sys.stderr)
+            brief = {k: v for k, v in results[pruner].items() if k != "trials"}
+            print(f"{name} {pruner}: {brief}", file=sys.stderr)
         search_rows.append((name, results))
         heldout = heldout_fit(args, image, seed)
         print(f"{name} heldout: {heldout}", file=sys.stderr)
@@ -203,17 +364,40 @@ def main() -> None:
         f"\n### {args.trials}-trial TPE study, median pruner vs none "
         f"(denoising sigma 25, {args.crop}x{args.crop} crops, SkipNet {args.channels} channels)\n"
     )
-    print("| image | best PSNR, median | best PSNR, none | steps, median | steps, none "
-          "| pruned | seconds, median | seconds, none |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"median pruner: {json.dumps(pruner_options)}\n")
+    print(
+        "| image | best PSNR, median | best PSNR, none | steps, median | steps, none | share "
+        f"| clairvoyant share, warmup {warmup} / 0 | pruned | seconds, median | seconds, none |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    n_startup = int(pruner_options["n_startup_trials"])
     for name, r in search_rows:
         m, n = r["median"], r["none"]
+        bounds = [clairvoyant_share(n, n_startup, w) for w in (warmup, 0)]
         print(
             f"| {name} | {m['best']:.2f} | {n['best']:.2f} | {m['steps']} | {n['steps']} "
-            f"| {m['pruned']} | {m['seconds']:.0f} | {n['seconds']:.0f} |"
+            f"| {100 * m['steps'] / n['steps']:.0f}% "
+            f"| {100 * bounds[0]:.0f}% / {100 * bounds[1]:.0f}% "
+            f"| {m['pruned']} | {_seconds(m['seconds'])} | {_seconds(n['seconds'])} |"
         )
     saved = [1 - r["median"]["steps"] / r["none"]["steps"] for _, r in search_rows]
     print(f"\nsteps saved by pruning: {100 * statistics.mean(saved):.0f}% on average")
+    print(
+        "(clairvoyant share: the steps a median rule that knew each trial's final PSNR would run "
+        "on the unpruned study's trials, stopping the below-median ones at the warmup)"
+    )
+
+    every = 100
+    steps = list(range(every, args.max_steps, every))
+    print(
+        "\n### Rank correlation of a trial's PSNR at a step with its final PSNR "
+        "(unpruned study, trials that ran past the step)\n"
+    )
+    print("| image | " + " | ".join(f"step {s}" for s in steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for name, r in search_rows:
+        cells = [" " if c is None else f"{c:.2f}" for c in rank_correlations(r["none"], steps)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
     print(
         f"\n### Held-out stopping (5% of pixels) vs the oracle step, one fit of "

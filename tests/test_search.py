@@ -212,6 +212,21 @@ def test_pruning_reports_at_global_steps_and_stops_the_fit(tmp_path: Path) -> No
     assert trial.user_attrs["steps"] == 5
 
 
+def test_a_trial_is_not_pruned_at_its_last_step(tmp_path: Path) -> None:
+    """The last report comes when every step has run: the trial completes with its value."""
+    spec_path = write_spec(tmp_path, {"trainer.log_every_n_steps": 10})
+    spec = parse_spec(["--config", str(spec_path), "--n_trials", "1"])
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1000.0)
+    )
+    study.enqueue_trial({"trainer.max_steps": 10})
+    study.optimize(Objective(spec), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert list(trial.intermediate_values) == [10]
+    assert trial.user_attrs["steps"] == 10
+
+
 def test_the_data_term_ignores_held_out_pixels(tmp_path: Path) -> None:
     image = write_png(tmp_path / "tiny.png", smooth_image(24, 20))
     args = [f"--{k}={v}" for k, v in TINY_FIT.items()]

@@ -8,9 +8,11 @@ a key that does not exist fails at once with one line.
 
 Intermediate values: :class:`StepPruning` reports the *current* value of the objective's metric
 (``psnr`` or ``heldout/mse``, as the fit logs it every ``trainer.log_every_n_steps``) at the
-global step, the same quantity as the trial's final value, which is the value at the end of the
-fit (the PSNR of the written ``restored.png``, or the held-out MSE at the last step). The step
-of the best value seen during the fit is kept as the user attribute ``best_step``.
+global step: the value the trial would end with if it stopped there, the same quantity as the
+trial's final value, which is the value at the end of the fit (the PSNR of the written
+``restored.png``, or the held-out MSE at the last step). A trial is never pruned at its last
+step: that would save no step and throw its result away. The step of the best value seen during
+the fit is kept as the user attribute ``best_step``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ class StepPruning(Callback):
     Every ``trainer.log_every_n_steps`` steps (and at the last step), the value the fit logged
     under ``monitor`` is reported with ``trial.report(value, step=global_step)``; when
     ``trial.should_prune()`` the fit stops with :class:`optuna.TrialPruned`. The value is the
-    current one (not the best so far), the same quantity as the trial's final value.
+    current one (not the best so far), the same quantity as the trial's final value. The last
+    step (``trainer.max_steps``) is reported but never pruned: the fit has run every step by
+    then, so the trial completes with its value.
     """
 
     def __init__(self, trial: optuna.Trial, monitor: str) -> None:
@@ -81,7 +85,8 @@ class StepPruning(Callback):
 
         step = int(trainer.global_step)
         every = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)
-        if step % every and step != trainer.max_steps:
+        last = trainer.max_steps is not None and 0 < trainer.max_steps <= step
+        if step % every and not last:
             return
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -92,7 +97,7 @@ class StepPruning(Callback):
         number = float(value)
         self.reported[step] = number
         self.trial.report(number, step)
-        if self.trial.should_prune():
+        if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor} {number:.4g})")
 
 
