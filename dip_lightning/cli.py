@@ -94,6 +94,7 @@ class DIPCLI(LightningCLI):
         kwargs.setdefault(
             "trainer_defaults",
             {
+                "max_steps": 1800,  # the paper's denoising table; configs set their own
                 "callbacks": [LastCheckpoint()],
                 "logger": lazy_instance(TensorBoardLogger, save_dir=".", default_hp_metric=False),
             },
@@ -164,6 +165,13 @@ class DIPCLI(LightningCLI):
         # setting fails before anything (a log folder, a config file) is written.
         model, data = self.model, self.datamodule
         if isinstance(model, DIPModule) and isinstance(data, SingleImageDataModule):
+            trainer = self._get(self.config_init, "trainer", default={}) or {}
+            steps = trainer.get("max_steps")
+            if self.subcommand == "fit" and (steps is None or int(steps) < 1):
+                raise ConfigError(
+                    f"trainer.max_steps = {steps}: a fit runs a number of optimisation steps; "
+                    "give one >= 1 (the stopping iteration)"
+                )
             model.attach(data)
             self.check_memory(model)
         return super().instantiate_trainer(**kwargs)

@@ -53,6 +53,11 @@ def _level_count(values: dict[str, int | str | list[int] | list[str]], levels: i
     n = next(iter(lengths.values())) if lengths else levels
     if n < 1:
         raise ConfigError(f"the skip network needs at least one level, got {n}")
+    if n > 12:
+        raise ConfigError(
+            f"the skip network has {n} levels, so it runs at multiples of 2**{n} pixels; use at "
+            "most 12 (5 in the paper)"
+        )
     return n
 
 

@@ -183,7 +183,13 @@ class DIPModule(LightningModule):
         if input_type == "meshgrid" and input_depth != 2:
             raise ConfigError("a meshgrid input has 2 channels; set model.input_depth: 2")
         checks: list[tuple[str, float, bool, str]] = [
-            ("input_depth", input_depth, input_depth >= 1, "use at least 1 channel"),
+            ("input_depth", input_depth, 1 <= input_depth <= 4096, "use 1 to 4096 channels"),
+            (
+                "input_scale",
+                input_scale,
+                0 < input_scale <= 1000,
+                "use (0, 1000], 0.1 as the paper",
+            ),
             ("sigma_p", sigma_p, 0 <= sigma_p <= 10, "use a std in [0, 10] (1/30 in the paper)"),
             ("lr", lr, 0 < lr <= 100, "use a learning rate in (0, 100] (0.01 in the paper)"),
             ("ema_decay", ema_decay, 0 <= ema_decay < 1, "use a weight in [0, 1), 0.99 or 0"),
