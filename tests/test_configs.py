@@ -42,7 +42,7 @@ def small_inputs(config: Path, tmp_path: Path) -> list[str]:
     if data.get("guide") or model.endswith("FlashNoFlashDIP"):
         guide = write_png(tmp_path / "guide.png", smooth_image(height, width, channels, seed=2))
         args += ["--data.guide", str(guide)]
-    if data.get("mask"):
+    if data.get("mask") or (model.endswith("InpaintingDIP") and not data.get("missing_ratio")):
         rows, cols = np.indices((height, width)) // 4
         mask = np.where((rows + cols) % 2 == 0, 255, 0).astype(np.uint8)
         args += ["--data.mask", str(write_png(tmp_path / "mask.png", mask))]
