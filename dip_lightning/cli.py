@@ -167,7 +167,11 @@ class DIPCLI(LightningCLI):
         if isinstance(model, DIPModule) and isinstance(data, SingleImageDataModule):
             trainer = self._get(self.config_init, "trainer", default={}) or {}
             steps = trainer.get("max_steps")
-            if self.subcommand == "fit" and (steps is None or int(steps) < 1):
+            if self.subcommand == "fit" and steps is None:
+                raise ConfigError(
+                    "trainer.max_steps cannot be null: give the number of optimisation steps"
+                )
+            if self.subcommand == "fit" and int(steps or 0) < 1:
                 raise ConfigError(
                     f"trainer.max_steps = {steps}: a fit runs a number of optimisation steps; "
                     "give one >= 1 (the stopping iteration)"
@@ -201,12 +205,20 @@ class DIPCLI(LightningCLI):
                 break
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Write to the current ``sys.stderr`` (which may be replaced after logging is set up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def _configure_logging() -> None:
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     logger = logging.getLogger("dip_lightning")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

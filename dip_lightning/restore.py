@@ -371,13 +371,25 @@ def parse(argv: list[str]) -> Namespace:
 def main(argv: list[str] | None = None) -> None:
     """``dip restore``: called by :func:`dip_lightning.cli.main` with the arguments after
     ``restore``."""
-    from dip_lightning.cli import user_error
-
     args = list(sys.argv[2:] if argv is None else argv)
     cfg = parse(args)
+    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
     if cfg.quiet:
-        logging.getLogger("dip_lightning").setLevel(logging.WARNING)
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        for name in _QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        _restore_all(cfg)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+_QUIET_LOGGERS = ("dip_lightning", "lightning.pytorch")
+
+
+def _restore_all(cfg: Namespace) -> None:
+    from dip_lightning.cli import user_error
+
     jobs = plan(cfg.inputs, cfg.output)
     if cfg.resume and len(jobs) > 1:
         raise ConfigError("--resume continues one fit; give the one input it belongs to")

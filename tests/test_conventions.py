@@ -31,6 +31,7 @@ def restore_log_levels() -> object:
 def test_fit_names_its_run_directory_and_tensorboard(
     tmp_path: Path, rgb_png: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    logging.getLogger("dip_lightning").setLevel(logging.INFO)
     main(["fit", f"--data.image={rgb_png}", *SMALL, f"--trainer.logger.save_dir={tmp_path}"])
     err = capfd.readouterr().err
     assert "run directory:" in err and f"tensorboard --logdir {tmp_path}" in err
