@@ -55,14 +55,18 @@ def centre_crop(image: Image.Image, side: int) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def denoising_inputs(data: Path, count: int, crop: int, out: Path) -> list[dict[str, Any]]:
+def denoising_inputs(
+    data: Path, count: int, crop: int, out: Path, skip: int = 0
+) -> list[dict[str, Any]]:
     """Noisy/clean pairs: centre crops of the first ``count`` images of ``data`` with Gaussian
     noise of std 25 (seeded per image)."""
-    files = sorted(data.glob("*.png"))[:count] if data.is_dir() else []
+    files = sorted(data.glob("*.png"))[: skip + count] if data.is_dir() else []
     if not files:
         raise SystemExit(f"error: no PNG images in {data}; point --data at the CBM3D folder")
     pairs = []
     for index, path in enumerate(files):
+        if index < skip:
+            continue
         clean = np.asarray(centre_crop(Image.open(path).convert("RGB"), crop), dtype=np.float64)
         rng = np.random.default_rng(index)
         noisy = np.clip(np.round(clean + rng.normal(0, 25, clean.shape)), 0, 255)
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "denoising-cbm3d")
     parser.add_argument("--inpaint-data", type=Path, default=SHARED / "inpainting-table1")
     parser.add_argument("--images", type=int, default=9, help="denoising images")
+    parser.add_argument("--skip", type=int, default=0, help="start after this many images")
     parser.add_argument("--inpaint-images", type=int, default=3, help="Table-1 images (0: none)")
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--steps", type=int, default=1800, help="steps of the watched fit")
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         (out / "stopping.json").write_text(json.dumps(results, indent=1, default=str))
 
     denoising = []
-    for item in denoising_inputs(args.data, args.images, args.crop, out):
+    for item in denoising_inputs(args.data, args.images, args.crop, out, args.skip):
         run = watched_fit(item, "denoise", args.steps, out / f"denoise_{item['name']}")
         entry = row(item, run, args.steps)
         if not args.no_reference:
