@@ -61,6 +61,15 @@ def tidy_parser_message(message: str) -> str:
     return one_line(message)
 
 
+def add_option(parser: Any, name: str, **kwargs: Any) -> None:
+    """Add ``--name`` to a jsonargparse parser, also spelled with ``-`` for ``_``
+    (``--max_steps`` and ``--max-steps``)."""
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*names, **kwargs)
+
+
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")

@@ -67,6 +67,8 @@ _CRITERIA = {
 
 def restore_parser() -> ArgumentParser:
     """The jsonargparse parser of ``dip restore`` (errors raise instead of exiting)."""
+    from dip_lightning.cli import add_option
+
     parser = ArgumentParser(
         prog="dip restore",
         description="Restore images with Deep Image Prior, stopping without ground truth.",
@@ -75,10 +77,7 @@ def restore_parser() -> ArgumentParser:
     )
 
     def option(name: str, **kwargs: Any) -> None:
-        names = [f"--{name}"]
-        if "_" in name:
-            names.append(f"--{name.replace('_', '-')}")
-        parser.add_argument(*names, **kwargs)
+        add_option(parser, name, **kwargs)
 
     parser.add_argument("--config", action=ActionConfigFile, help="Options from a YAML file.")
     parser.add_argument(

@@ -111,12 +111,17 @@ class RunArtifacts(Callback):
             checkpoint,
         )
 
-    def metrics(self, trainer: Trainer, module: DIPModule) -> dict[str, Any]:
+    def metrics(
+        self,
+        trainer: Trainer,
+        module: DIPModule,
+        selected: tuple[torch.Tensor, int] | None = None,
+    ) -> dict[str, Any]:
         """Every key of ``metrics.json`` for the current state of ``module``."""
         from dip_lightning.tasks.base import psnr, ssim
 
         assert module.sample is not None
-        restored, selected_step = self.selected(trainer, module)
+        restored, selected_step = selected or self.selected(trainer, module)
         channels, height, width = restored.shape
         steps = int(trainer.global_step)
         metrics: dict[str, Any] = {
@@ -184,11 +189,12 @@ class RunArtifacts(Callback):
         """Write ``restored.png`` and ``metrics.json`` into the run directory, atomically."""
         assert module.sample is not None
         directory = run_directory(trainer)
-        metrics = self.metrics(trainer, module)
+        selected = self.selected(trainer, module)
+        metrics = self.metrics(trainer, module, selected)
         if interrupted:
             metrics["interrupted"] = True
         image_path = directory / self.filename
-        restored, _ = self.selected(trainer, module)
+        restored, _ = selected
         save_image(restored, image_path, like=module.sample.info, alpha=module.sample.alpha)
         atomic_write_json(directory / "metrics.json", metrics)
         numbers = {

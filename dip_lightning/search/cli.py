@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
-from dip_lightning.cli import tidy_parser_message
+from dip_lightning.cli import add_option, tidy_parser_message
 from dip_lightning.errors import ConfigError
 from dip_lightning.search.spec import OBJECTIVES, StudySpec, override_args, parse_space
 
@@ -34,10 +34,7 @@ def search_parser() -> ArgumentParser:
     )
 
     def option(name: str, **kwargs: Any) -> None:
-        names = [f"--{name}"]
-        if "_" in name:
-            names.append(f"--{name.replace('_', '-')}")
-        parser.add_argument(*names, **kwargs)
+        add_option(parser, name, **kwargs)
 
     parser.add_argument("--config", action=ActionConfigFile, help="A study spec (YAML).")
     option(
