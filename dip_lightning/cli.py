@@ -240,6 +240,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "restore": "dip_lightning.restore:main",
     "search": "dip_lightning.search.cli:main",
     "experiment": "dip_lightning.experiments:main",
+    "completion": "dip_lightning.completion:main",
 }
 
 
