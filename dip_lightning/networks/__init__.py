@@ -22,6 +22,7 @@ from .blocks import (
     lanczos_kernel,
     norm,
 )
+from .grouped import group_networks, split_output
 from .resnet import ResidualBlock, ResNet
 from .skip import SkipNet
 from .unet import UNet
@@ -39,9 +40,11 @@ __all__ = [
     "conv",
     "count_parameters",
     "get_kernel",
+    "group_networks",
     "input_multiple",
     "lanczos_kernel",
     "norm",
+    "split_output",
 ]
 
 #: Network classes by name (``"skip"``, ``"unet"``, ``"resnet"``).
