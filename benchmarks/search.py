@@ -1,27 +1,32 @@
 """Benchmark of ``dip search`` on denoising (sigma 25): what pruning saves, and how well the
 held-out objective picks the stopping step without a reference.
 
-    python benchmarks/search.py                       # 3 crops of 64x64, 16 trials, ~35 min CPU
-    python benchmarks/search.py --out /tmp/b2 --reference /tmp/b1   # reuse b1's unpruned studies
-    python benchmarks/search.py --data ../shared/data/denoising-cbm3d --crop 96 --trials 32
+    python benchmarks/search.py --max-steps 1200          # 3 crops of 64x64, 16 trials
+    python benchmarks/search.py --pruners none --out /tmp/b   # the unpruned studies only,
+    python benchmarks/search.py --out /tmp/b --reuse          # then the rest, reusing them
+    python benchmarks/search.py --stopping end            # max_steps searched instead
 
 For each image (a centre crop of the first ``--images`` files of ``--data``; the embedded
 sample with different noise seeds when the folder is missing):
 
-1. the same 16-trial TPE study (same seed and space: lr, sigma_p, max_steps) with the median
-   pruner and without pruning: best PSNR and the total optimisation steps all trials ran. The
-   pruner's options follow the shipped specs (``search/*.yaml``): 4 startup trials, no
-   decision before half the top of the max_steps range (``--warmup``), and none on the median
-   of fewer than 3 trials at a step. The study without pruning is deterministic (seeded TPE,
-   CPU), so ``--reference`` can take it from an earlier run's ``--out``; every trial the two
-   studies share (same parameters, run to the end) must then have the same PSNR, or the
-   benchmark stops;
+1. the same 16-trial TPE study (same seed and space: lr, sigma_p, input depth) with the median
+   pruner and without pruning: best PSNR and the total optimisation steps all trials ran. With
+   ``--stopping best`` (the default, as in ``search/denoise.yaml``) every trial runs up to
+   ``--max-steps`` and is worth the best PSNR it passes through, whose step is its stopping
+   iteration; the pruner compares best-so-far values. With ``--stopping end``,
+   ``trainer.max_steps`` is searched in [100, ``--max-steps``] and a trial is worth its final
+   PSNR. The pruner's options follow the shipped specs: 4 startup trials, no decision before
+   ``--warmup`` steps (a quarter of ``--max-steps`` with ``best``, half with ``end``), and none
+   on the median of fewer than 3 trials at a step. The study without pruning is deterministic
+   (seeded TPE, CPU), so ``--reference`` can take it from an earlier run's ``--out``; every
+   trial the two studies share (same parameters, run to the end) must then have the same PSNR,
+   or the benchmark stops;
 2. one fit of the base config for ``--heldout-steps`` steps with 5% of the pixels held out:
    the step where the held-out MSE is lowest (its choice, no reference needed) against the
    oracle step where the PSNR against the clean image peaks, and the PSNR at each.
 
 Prints a markdown table per part (the README quotes them), and for the unpruned studies the
-rank correlation between a trial's PSNR at a step and its final PSNR (what a median pruner's
+rank correlation between a trial's value at a step and its final value (what a median pruner's
 decision at that step rests on). Everything is written under ``--out`` (a temporary folder by
 default).
 """
@@ -84,19 +89,25 @@ def spec_args(args: argparse.Namespace, image: Path, seed: int, out: Path) -> li
         "model.init_args.image_every_n_steps": 10_000,
         "trainer.log_every_n_steps": 25,
     }
-    space = {
+    space: dict[str, Any] = {
         "model.init_args.lr": {"type": "float", "low": 0.001, "high": 0.05, "log": True},
         "model.init_args.sigma_p": {"type": "float", "low": 0.0, "high": 0.1},
-        "trainer.max_steps": {"type": "int", "low": 100, "high": args.max_steps, "step": 50},
+        "model.init_args.input_depth": {"type": "categorical", "choices": [8, 16, 32]},
     }
+    if args.stopping == "end":  # the stopping iteration is a parameter
+        space["trainer.max_steps"] = {"type": "int", "low": 100, "high": args.max_steps, "step": 50}
+    else:  # every trial runs up to --max-steps; its best step is its stopping iteration
+        overrides["trainer.max_steps"] = args.max_steps
     return [
         "--base_config", str(REPO / "configs" / "denoise.yaml"),
         "--overrides", json.dumps(overrides),
         "--space", json.dumps(space),
+        "--stopping", args.stopping,
         "--n_trials", str(args.trials),
         "--seed", "0",
         "--log_dir", str(out),
         "--threads", str(args.threads),
+        "--quiet",
     ]  # fmt: skip
 
 
@@ -315,8 +326,25 @@ def main() -> None:
         action="store_true",
         help="take the studies an earlier run left in --out instead of running them again",
     )
+    parser.add_argument(
+        "--stopping",
+        choices=("best", "end"),
+        default="best",
+        help="best: every trial runs --max-steps steps and is worth its best PSNR (its step is "
+        "the stopping iteration); end: trainer.max_steps is searched in [100, --max-steps] and "
+        "a trial is worth its final PSNR",
+    )
+    parser.add_argument(
+        "--pruners",
+        type=lambda text: text.split(","),
+        default=["none", "median"],
+        help="studies to run, in order (none,median); with one, only its studies run (then "
+        "--reuse them)",
+    )
     args = parser.parse_args()
-    warmup = args.max_steps // 2 if args.warmup is None else args.warmup
+    warmup = args.warmup
+    if warmup is None:
+        warmup = args.max_steps // (4 if args.stopping == "best" else 2)
     pruner_options = {"n_startup_trials": 4, "n_warmup_steps": warmup, "n_min_trials": 3}
     warnings.filterwarnings("ignore")
     for logger in ("dip_lightning", "lightning.pytorch", "lightning.fabric"):
@@ -330,7 +358,7 @@ def main() -> None:
     for image, seed in images:
         name = image.stem
         results = {}
-        for pruner in ("median", "none"):
+        for pruner in args.pruners:
             study_name = f"{name}-{pruner}"
             if pruner == "none" and args.reference is not None:
                 reference = load_finished(args.reference, study_name, args.trials)
@@ -356,10 +384,15 @@ def main() -> None:
             brief = {k: v for k, v in results[pruner].items() if k != "trials"}
             print(f"{name} {pruner}: {brief}", file=sys.stderr)
         search_rows.append((name, results))
+        if len(results) < 2:
+            continue
         heldout = heldout_fit(args, image, seed)
         print(f"{name} heldout: {heldout}", file=sys.stderr)
         heldout_rows.append((name, heldout))
 
+    if any(len(r) < 2 for _, r in search_rows):
+        print(f"(only the {','.join(args.pruners)} studies ran; written under {out})")
+        return
     print(
         f"\n### {args.trials}-trial TPE study, median pruner vs none "
         f"(denoising sigma 25, {args.crop}x{args.crop} crops, SkipNet {args.channels} channels)\n"

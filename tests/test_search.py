@@ -88,7 +88,10 @@ def test_a_study_leaves_trials_artifacts_and_a_best_yaml_that_fits(
 ) -> None:
     spec = write_spec(tmp_path)
     main(["search", "--config", str(spec), "--study-name", "tiny"])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    for number in range(1, 5):  # one progress bar per trial, ended with its outcome
+        assert f"trial {number}/4" in err
+    assert "(best step" in err or "pruned at step" in err
     study_dir = tmp_path / "runs" / "tiny"
     storage = f"sqlite:///{study_dir / 'study.db'}"
     study = load(storage, "tiny")
@@ -225,6 +228,59 @@ def test_a_trial_is_not_pruned_at_its_last_step(tmp_path: Path) -> None:
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert list(trial.intermediate_values) == [10]
     assert trial.user_attrs["steps"] == 10
+
+
+def test_stopping_best_keeps_each_trials_best_step_and_best_yaml_stops_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stopping: best a trial's value is the best PSNR it passes through, the pruner sees
+    the best so far (never falling), and best.yaml ends the fit at the best trial's best step,
+    which gives that trial's image again."""
+    space = {k: v for k, v in SPACE.items() if k != "trainer.max_steps"}
+    # lr 0.05 on a noisy 24x24 image: the PSNR peaks, then falls as the noise is fitted
+    overrides = {"trainer.max_steps": 40, "trainer.log_every_n_steps": 2}
+    spec = write_spec(tmp_path, overrides, space=space, stopping="best", pruner="none")
+    main(["search", "--config", str(spec), "--study_name", "peak"])
+    study_dir = tmp_path / "runs" / "peak"
+    study = load(f"sqlite:///{study_dir / 'study.db'}", "peak")
+    assert study.user_attrs["stopping"] == "best"
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        reported = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert reported == sorted(reported)  # best so far
+        assert trial.value >= reported[-1] - 1e-6
+        metrics = json.loads((study_dir / f"trial_{trial.number}" / "metrics.json").read_text())
+        assert trial.user_attrs["best_step"] == metrics["selected_step"] == metrics["peak_step"]
+        assert trial.value == pytest.approx(metrics["peak_psnr"], abs=1e-3)
+        assert trial.value == pytest.approx(metrics["psnr"], abs=1e-3)  # restored.png
+        assert trial.user_attrs["steps"] == 40
+    best = study_dir / "best.yaml"
+    config = yaml.safe_load(best.read_text())
+    assert config["trainer"]["max_steps"] == study.best_trial.user_attrs["best_step"]
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(best), "--trainer.enable_progress_bar", "false"])
+    metrics = json.loads((tmp_path / "lightning_logs/version_0/metrics.json").read_text())
+    assert metrics["psnr"] == pytest.approx(study.best_value, abs=1e-3)
+
+
+def test_stopping_best_with_the_heldout_objective_keeps_the_lowest_heldout_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = {k: v for k, v in SPACE.items() if k != "trainer.max_steps"}
+    spec = write_spec(
+        tmp_path, space=space, stopping="best", objective="heldout", pruner="none", n_trials=2
+    )
+    main(["search", "--config", str(spec), "--study_name", "blindbest", "--quiet"])
+    out, err = capsys.readouterr()
+    assert "trial 1/2" not in err and "Trial 0 finished" not in err  # --quiet
+    assert "| trial | value | best step | steps |" in out  # the summary still comes
+    study = load(f"sqlite:///{tmp_path / 'runs' / 'blindbest' / 'study.db'}", "blindbest")
+    for trial in study.trials:
+        reported = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert reported == sorted(reported, reverse=True)
+        assert trial.value <= reported[-1] + 1e-9
+        assert trial.value == trial.user_attrs["best_value"] == trial.user_attrs["heldout_mse"]
+        assert 1 <= trial.user_attrs["best_step"] <= 20
 
 
 def test_the_data_term_ignores_held_out_pixels(tmp_path: Path) -> None:

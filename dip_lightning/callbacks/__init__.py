@@ -8,6 +8,7 @@ from dip_lightning.callbacks.images import ImageLogger
 from dip_lightning.callbacks.stopping import (
     ExponentialVariance,
     HeldoutStopping,
+    PeakPSNR,
     StoppingCriterion,
     WindowedVariance,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "HeldoutStopping",
     "ImageLogger",
     "LastCheckpoint",
+    "PeakPSNR",
     "RunArtifacts",
     "StoppingCriterion",
     "WindowedVariance",

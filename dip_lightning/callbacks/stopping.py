@@ -13,6 +13,8 @@ the best score has not improved for ``patience`` steps:
 * :class:`HeldoutStopping` -- the error on pixels left out of the data term
   (``model.holdout_fraction``): for denoising an unbiased estimate of the true error plus the
   noise variance.
+* :class:`PeakPSNR` -- the PSNR against a known clean reference: the oracle, for studies and
+  benchmarks on images with a reference (``dip search --stopping best``), not for real images.
 
 The image kept is :meth:`~dip_lightning.tasks.base.DIPModule.restored_batch` at the best step:
 the output EMA when the module keeps one (the variance criteria are computed on the raw outputs,
@@ -341,6 +343,35 @@ class HeldoutStopping(StoppingCriterion):
         return getattr(module, "_heldout_mse", None)
 
 
+class PeakPSNR(StoppingCriterion):
+    """The PSNR of the restored image against the clean reference (``data.clean``, or a
+    simulated observation): the oracle that a study with a known reference stops on.
+
+    Not a criterion for real images: it needs the reference. ``dip search --stopping best``
+    uses it to keep each trial's best image and step.
+
+    Args:
+        patience: steps without a higher PSNR before stopping.
+        min_steps: steps before a step may be selected.
+    """
+
+    name = "psnr"
+
+    def __init__(self, patience: int = 1000, min_steps: int = 0, **kwargs: Any) -> None:
+        super().__init__(patience=patience, min_steps=min_steps, **kwargs)
+
+    def prepare(self, module: DIPModule) -> None:
+        if module.clean is None:
+            raise ConfigError(
+                "the psnr stopping criterion needs a clean reference; give data.clean or "
+                "simulate the observation (e.g. data.noise_sigma)"
+            )
+
+    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+        current = getattr(module, "_psnr_current", None)
+        return None if current is None else -current
+
+
 def stopping_selection(trainer: Trainer) -> tuple[StoppingCriterion, torch.Tensor, int] | None:
     """The criterion whose image a fit returns, with that image ``(1, C, H, W)`` and its step:
     the first criterion that stopped the fit, else the first stopping one, else the first."""
@@ -360,6 +391,7 @@ def stopping_selection(trainer: Trainer) -> tuple[StoppingCriterion, torch.Tenso
 __all__ = [
     "ExponentialVariance",
     "HeldoutStopping",
+    "PeakPSNR",
     "StoppingCriterion",
     "WindowedVariance",
     "stopping_selection",

@@ -84,6 +84,15 @@ def search_parser() -> ArgumentParser:
         "reference needed).",
     )
     option(
+        "stopping",
+        type=Literal["end", "best"],
+        default="end",
+        help="end: a trial's value is the objective at its last step (search the stopping "
+        "iteration as trainer.max_steps); best: the best value it passes through, its step is "
+        "the trial's stopping step (best.yaml stops there) and the pruner compares the best "
+        "value so far.",
+    )
+    option(
         "direction",
         type=Literal["auto", "maximize", "minimize"],
         default="auto",
@@ -147,6 +156,12 @@ def search_parser() -> ArgumentParser:
         help="Join an existing study (same --storage and --study_name) and run its trials.",
     )
     option("worker_index", type=int | None, default=None, help="Set by dip search --n-workers.")
+    option(
+        "quiet",
+        action=ActionYesNo,
+        default=False,
+        help="No progress bars and no per-trial lines; the summary, warnings and errors only.",
+    )
     return parser
 
 
@@ -212,6 +227,7 @@ def spec_from_namespace(cfg: Namespace, argv: list[str]) -> StudySpec:
         objective=cfg.objective,
         direction=direction,
         holdout_fraction=float(cfg.holdout_fraction),
+        stopping=cfg.stopping,
         n_trials=int(cfg.n_trials),
         timeout=cfg.timeout,
         seed=cfg.seed,
@@ -224,6 +240,7 @@ def spec_from_namespace(cfg: Namespace, argv: list[str]) -> StudySpec:
         max_retry=cfg.max_retry,
         threads=cfg.threads,
         keep_checkpoints=bool(cfg.keep_checkpoints),
+        progress_bar=not cfg.quiet,
         worker=bool(cfg.worker),
         worker_index=cfg.worker_index,
         argv=list(argv),

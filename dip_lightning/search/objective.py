@@ -6,13 +6,22 @@ given to :class:`~dip_lightning.cli.DIPCLI` with ``run=False``; the objective th
 ``trainer.fit``. :func:`validate_spec` parses the space at both ends before any trial runs, so
 a key that does not exist fails at once with one line.
 
-Intermediate values: :class:`StepPruning` reports the *current* value of the objective's metric
-(``psnr`` or ``heldout/mse``, as the fit logs it every ``trainer.log_every_n_steps``) at the
-global step: the value the trial would end with if it stopped there, the same quantity as the
-trial's final value, which is the value at the end of the fit (the PSNR of the written
-``restored.png``, or the held-out MSE at the last step). A trial is never pruned at its last
-step: that would save no step and throw its result away. The step of the best value seen during
-the fit is kept as the user attribute ``best_step``.
+A trial's value depends on the spec's ``stopping``:
+
+* ``end``: the value at the end of the fit (the PSNR of the written ``restored.png``, or the
+  held-out MSE at the last step); the stopping iteration is a parameter (``trainer.max_steps``).
+  :class:`StepPruning` reports the *current* value of the objective's metric (``psnr`` or
+  ``heldout/mse``, as the fit logs it every ``trainer.log_every_n_steps``) at the global step:
+  the value the trial would end with if it stopped there.
+* ``best``: the best value the fit passes through. A stopping criterion watches the fit
+  (:class:`~dip_lightning.callbacks.PeakPSNR` or
+  :class:`~dip_lightning.callbacks.HeldoutStopping`, never stopping it) and keeps the image of its
+  best step, which is written as ``restored.png``; that step is the trial's stopping iteration
+  (``best.yaml`` sets ``trainer.max_steps`` to it). :class:`StepPruning` reports the best value
+  so far: again the value the trial would end with if it stopped there.
+
+A trial is never pruned at its last step: that would save no step and throw its result away.
+The step of the best value seen during the fit is kept as the user attribute ``best_step``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dip_lightning.callbacks.stopping import HeldoutStopping, PeakPSNR, StoppingCriterion
 from dip_lightning.cli import DIPCLI, tidy_parser_message, user_error
 from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.search.spec import StudySpec, cli_value
@@ -44,6 +54,7 @@ __all__ = [
     "Objective",
     "StepPruning",
     "SurplusTrialError",
+    "TrialProgress",
     "WorkerInterrupted",
     "build_cli",
     "retry_callback",
@@ -71,12 +82,17 @@ class StepPruning(Callback):
     current one (not the best so far), the same quantity as the trial's final value. The last
     step (``trainer.max_steps``) is reported but never pruned: the fit has run every step by
     then, so the trial completes with its value.
+
+    With ``best`` (``"maximize"`` or ``"minimize"``), the value reported is the best one logged
+    so far instead of the current one.
     """
 
-    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+    def __init__(self, trial: optuna.Trial, monitor: str, best: str | None = None) -> None:
         self.trial = trial
         self.monitor = monitor
+        self.best = best
         self.reported: dict[int, float] = {}
+        self._best_value: float | None = None
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
@@ -95,10 +111,75 @@ class StepPruning(Callback):
                 "check the objective (psnr needs a clean reference)"
             )
         number = float(value)
+        if self.best is not None:
+            previous = self._best_value
+            if previous is not None and (
+                number < previous if self.best == "maximize" else number > previous
+            ):
+                number = previous
+            self._best_value = number
         self.reported[step] = number
         self.trial.report(number, step)
         if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} ({self.monitor} {number:.4g})")
+
+
+class TrialProgress(Callback):
+    """One progress bar per trial: ``trial 3/16`` with the steps, the ETA and the objective's
+    metric as the pruner sees it; closed with the trial's outcome (complete or pruned).
+
+    Workers started by ``--n-workers`` draw their bars on lines of their own (``position``).
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        n_trials: int,
+        monitor: str,
+        position: int = 0,
+        file: Any = None,
+    ) -> None:
+        self.trial = trial
+        self.n_trials = n_trials
+        self.monitor = monitor
+        self.position = position
+        self.file = file
+        self.bar: Any = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from tqdm.auto import tqdm
+
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self.bar = tqdm(
+            total=total,
+            initial=int(trainer.global_step),
+            desc=f"trial {self.trial.number + 1}/{self.n_trials}",
+            unit="step",
+            position=self.position,
+            leave=True,
+            dynamic_ncols=True,
+            file=self.file,
+        )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(int(trainer.global_step) - self.bar.n)
+        every = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)
+        if trainer.global_step % every == 0:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                self.bar.set_postfix({self.monitor: f"{float(value):.4g}"}, refresh=False)
+
+    def close(self, outcome: str) -> None:
+        """End the bar with ``outcome`` (e.g. ``psnr 28.41 (best step 450)`` or ``pruned``)."""
+        if self.bar is None:
+            return
+        self.bar.set_postfix_str(outcome, refresh=False)
+        self.bar.close()
+        self.bar = None
 
 
 def retry_callback(max_retry: int | None) -> Any:
@@ -213,6 +294,15 @@ def validate_spec(spec: StudySpec) -> None:
             )
 
 
+def _best_watcher(spec: StudySpec) -> StoppingCriterion:
+    """The criterion that keeps a trial's best image and step with ``stopping: best``: it
+    watches the whole fit (``stop: false``) and selects its best step."""
+    never = 2**62  # the best over the whole fit, not the choice when a patience ran out
+    if spec.objective == "psnr":
+        return PeakPSNR(patience=never, min_steps=0, stop=False)
+    return HeldoutStopping(patience=never, min_steps=0, stop=False)
+
+
 def _read_metrics(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "metrics.json"
     if not path.is_file():
@@ -293,10 +383,25 @@ class Objective:
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
         if not spec.keep_checkpoints:  # the trial's image and config are what a study keeps
             callbacks[:] = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        callbacks.append(StepPruning(trial, spec.monitor))
+        watcher = _best_watcher(spec) if spec.stopping == "best" else None
+        if watcher is not None:
+            callbacks.append(watcher)
+        best = spec.direction if spec.stopping == "best" else None
+        callbacks.append(StepPruning(trial, spec.monitor, best=best))
+        progress = None
+        if spec.progress_bar:
+            position = spec.worker_index or 0
+            progress = TrialProgress(trial, spec.n_trials, spec.monitor, position=position)
+            callbacks.append(progress)
+        outcome = "failed"
         try:
             trainer.fit(module, datamodule=cli.datamodule)
+            outcome = "done"
+        except optuna.TrialPruned:
+            outcome = f"pruned at step {trainer.global_step}"
+            raise
         except (KeyboardInterrupt, SystemExit) as exc:  # Lightning exits on Ctrl-C and SIGTERM
+            outcome = "interrupted"
             self.requeue(trial)
             raise WorkerInterrupted(
                 f"stopped during trial {trial.number} at step {trainer.global_step}; "
@@ -304,6 +409,8 @@ class Objective:
             ) from exc
         finally:
             trial.set_user_attr("steps", int(trainer.global_step))
+            if progress is not None and outcome != "done":
+                progress.close(outcome)
         if getattr(trainer, "received_sigterm", False):  # came during the last step: the fit
             self.stop_requested = True  # is whole; the worker stops after recording it
         metrics = _read_metrics(run_dir)
@@ -312,7 +419,19 @@ class Objective:
             for key in ("psnr", "ssim", "peak_psnr", "peak_step", "seconds")
             if key in metrics
         }
-        if spec.objective == "psnr":
+        if watcher is not None:
+            selection = watcher.selection()
+            if selection is None:
+                raise ConfigError(f"trial {trial.number} ran no step that could be selected")
+            _, step, score = selection
+            value = -score if spec.objective == "psnr" else score
+            if spec.objective == "psnr" and "psnr" in metrics:
+                value = float(metrics["psnr"])  # of the written image: the selected one
+            elif spec.objective == "heldout":
+                attrs["heldout_mse"] = value
+            attrs["best_step"] = step
+            attrs["best_value"] = value
+        elif spec.objective == "psnr":
             if "psnr" not in metrics:
                 raise ConfigError(f"the fit wrote no psnr to {run_dir / 'metrics.json'}")
             value = float(metrics["psnr"])
@@ -335,4 +454,6 @@ class Objective:
             )
             trial.set_user_attr("restored_artifact", artifact_id)
         log.debug("trial %d: %s", trial.number, one_line(attrs))
+        if progress is not None:
+            progress.close(f"{spec.objective} {value:.4g} (best step {attrs['best_step']})")
         return value

@@ -234,6 +234,7 @@ def create_study(spec: StudySpec) -> optuna.Study:
         )
     for key, value in (
         ("objective", spec.objective),
+        ("stopping", spec.stopping),
         ("base_config", str(spec.base_config)),
         ("n_trials", spec.n_trials),
     ):
@@ -352,9 +353,12 @@ def _spawn_workers(spec: StudySpec) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit notices (devices, 'max_steps reached') and per-fit lines."""
-    names = ("lightning.pytorch", "lightning.fabric", "dip_lightning.callbacks")
+def _quiet_lightning(quiet: bool = False) -> Iterator[None]:
+    """Silence Lightning's per-fit notices (devices, 'max_steps reached') and per-fit lines;
+    with ``quiet`` also Optuna's per-trial lines and this package's notices."""
+    names = ["lightning.pytorch", "lightning.fabric", "dip_lightning.callbacks"]
+    if quiet:
+        names += ["optuna", "dip_lightning"]
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -374,7 +378,7 @@ def run_search(spec: StudySpec) -> optuna.Study:
 
     With ``--worker`` this process only joins the study and runs trials.
     """
-    with _quiet_lightning():
+    with _quiet_lightning(quiet=not spec.progress_bar):
         if spec.threads:
             import torch
 
@@ -386,11 +390,12 @@ def run_search(spec: StudySpec) -> optuna.Study:
         validate_spec(spec)
         study = create_study(spec)
         log.info(
-            "study %s: %d trials of %s (%s) in %s; log folder %s",
+            "study %s: %d trials of %s (%s, stopping %s) in %s; log folder %s",
             spec.study_name,
             spec.n_trials,
             spec.objective,
             spec.direction,
+            spec.stopping,
             storage_display(spec.storage),
             spec.study_dir,
         )
@@ -494,6 +499,9 @@ def export_best(study: optuna.Study, spec: StudySpec) -> Path | None:
     if isinstance(trainer, dict):
         for key in _TRIAL_ONLY_TRAINER_KEYS:
             trainer.pop(key, None)
+        best_step = best.user_attrs.get("best_step")
+        if spec.stopping == "best" and isinstance(best_step, int) and best_step > 0:
+            trainer["max_steps"] = best_step  # the trial's stopping iteration
     lines = [
         f"# best trial {best.number} of study {spec.study_name}: {spec.objective} "
         f"{_format(best.value)} after {best.user_attrs.get('steps', '?')} steps "

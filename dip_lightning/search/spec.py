@@ -34,6 +34,7 @@ __all__ = [
     "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",
+    "STOPPINGS",
     "Param",
     "StudySpec",
     "cli_value",
@@ -45,9 +46,11 @@ SamplerName = Literal["tpe", "gp", "cmaes", "random"]
 PrunerName = Literal["median", "hyperband", "none"]
 ObjectiveName = Literal["psnr", "heldout"]
 Direction = Literal["auto", "maximize", "minimize"]
+StoppingName = Literal["end", "best"]
 
 SAMPLERS: tuple[str, ...] = ("tpe", "gp", "cmaes", "random")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
+STOPPINGS: tuple[str, ...] = ("end", "best")
 #: objective name -> (the metric the fit logs every ``log_every_n_steps``, its natural direction)
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "psnr": ("psnr", "maximize"),
@@ -202,6 +205,7 @@ class StudySpec:
     objective: str = "psnr"
     direction: str = "maximize"
     holdout_fraction: float = 0.05
+    stopping: str = "end"
     n_trials: int = 20
     timeout: float | None = None
     seed: int | None = 0
@@ -214,6 +218,7 @@ class StudySpec:
     max_retry: int | None = 3
     threads: int | None = None
     keep_checkpoints: bool = False
+    progress_bar: bool = True
     worker: bool = False
     worker_index: int | None = None
     argv: list[str] = field(default_factory=list)

@@ -488,6 +488,7 @@ class DIPModule(LightningModule):
                 self.feedback_average.copy_(torch.where(bad, self.feedback_average, mean))
         if self.clean is not None:
             current = psnr(self.restored_batch(), self.clean)
+            self._psnr_current = current
             better = (current > self.peak_psnr) & ~bad
             self.peak_psnr.copy_(torch.where(better, current, self.peak_psnr))
             self.peak_step.copy_(torch.where(better, step, self.peak_step))
