@@ -1,10 +1,10 @@
 """Benchmark of ``dip search`` on denoising (sigma 25): what pruning saves, and how well the
 held-out objective picks the stopping step without a reference.
 
-    python benchmarks/search.py --max-steps 1200          # 3 crops of 64x64, 16 trials
+    python benchmarks/search.py                           # 3 crops of 64x64, 16 trials
     python benchmarks/search.py --pruners none --out /tmp/b   # the unpruned studies only,
     python benchmarks/search.py --out /tmp/b --reuse          # then the rest, reusing them
-    python benchmarks/search.py --stopping end            # max_steps searched instead
+    python benchmarks/search.py --stopping end --max-steps 600   # max_steps searched instead
 
 For each image (a centre crop of the first ``--images`` files of ``--data``; the embedded
 sample with different noise seeds when the folder is missing):
@@ -16,7 +16,7 @@ sample with different noise seeds when the folder is missing):
    iteration; the pruner compares best-so-far values. With ``--stopping end``,
    ``trainer.max_steps`` is searched in [100, ``--max-steps``] and a trial is worth its final
    PSNR. The pruner's options follow the shipped specs: 4 startup trials, no decision before
-   ``--warmup`` steps (a quarter of ``--max-steps`` with ``best``, half with ``end``), and none
+   ``--warmup`` steps (an eighth of ``--max-steps`` with ``best``, half with ``end``), and none
    on the median of fewer than 3 trials at a step. The study without pruning is deterministic
    (seeded TPE, CPU), so ``--reference`` can take it from an earlier run's ``--out``; every
    trial the two studies share (same parameters, run to the end) must then have the same PSNR,
@@ -304,14 +304,20 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--max-steps", type=int, default=600, help="top of the max_steps range")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=1200,
+        help="steps of every trial (--stopping best) or the top of the max_steps range (end)",
+    )
     parser.add_argument("--heldout-steps", type=int, default=1200)
     parser.add_argument("--channels", type=int, default=32, help="SkipNet channels per level")
     parser.add_argument(
         "--warmup",
         type=int,
         default=None,
-        help="the median pruner's n_warmup_steps (default: half of --max-steps)",
+        help="the median pruner's n_warmup_steps (default: --max-steps / 8 with --stopping best, "
+        "/ 2 with end)",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
@@ -344,7 +350,7 @@ def main() -> None:
     args = parser.parse_args()
     warmup = args.warmup
     if warmup is None:
-        warmup = args.max_steps // (4 if args.stopping == "best" else 2)
+        warmup = args.max_steps // (8 if args.stopping == "best" else 2)
     pruner_options = {"n_startup_trials": 4, "n_warmup_steps": warmup, "n_min_trials": 3}
     warnings.filterwarnings("ignore")
     for logger in ("dip_lightning", "lightning.pytorch", "lightning.fabric"):
