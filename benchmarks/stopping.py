@@ -60,6 +60,8 @@ def denoising_inputs(
 ) -> list[dict[str, Any]]:
     """Noisy/clean pairs: centre crops of the first ``count`` images of ``data`` with Gaussian
     noise of std 25 (seeded per image)."""
+    if count == 0:
+        return []
     files = sorted(data.glob("*.png"))[: skip + count] if data.is_dir() else []
     if not files:
         raise SystemExit(f"error: no PNG images in {data}; point --data at the CBM3D folder")
@@ -122,6 +124,7 @@ def fit(args: list[str], directory: Path) -> dict[str, Any]:
 def watched_fit(item: dict[str, Any], task: str, steps: int, directory: Path) -> dict[str, Any]:
     """``dip restore``'s fit of ``item`` for ``steps`` steps with every criterion watching."""
     from dip_lightning.presets import list_presets
+    from dip_lightning.restore import default_patience
 
     args = [
         "--config",
@@ -135,6 +138,9 @@ def watched_fit(item: dict[str, Any], task: str, steps: int, directory: Path) ->
         args.append(f"--data.mask={item['mask']}")
     for name in CRITERIA:
         args += [f"--trainer.callbacks+={WATCHERS[name]}", "--trainer.callbacks.stop=false"]
+        patience = default_patience(task.replace("_", "-"), name)  # as dip restore sets it
+        if patience is not None:
+            args.append(f"--trainer.callbacks.patience={patience}")
     return fit(args, directory)
 
 
@@ -257,8 +263,9 @@ def main(argv: list[str] | None = None) -> None:
             results["inpainting"] = inpainting
             save()
             print(json.dumps(inpainting[-1]), file=sys.stderr, flush=True)
-    print(f"## Denoising, sigma 25, {args.crop}x{args.crop} centre crops, PSNR in dB\n")
-    print(table(denoising, reference=not args.no_reference))
+    if denoising:
+        print(f"## Denoising, sigma 25, {args.crop}x{args.crop} centre crops, PSNR in dB\n")
+        print(table(denoising, reference=not args.no_reference))
     if inpainting:
         print(f"\n## Inpainting, 50% missing, {args.crop}x{args.crop} crops of Table 1\n")
         print(table(inpainting, reference=False))

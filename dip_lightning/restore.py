@@ -58,6 +58,25 @@ RESTORE_PRESETS: dict[str, dict[str, str]] = {
     },
 }
 
+#: ``--patience`` of the held-out criterion when none is given, per task: where the observation
+#: is noisy (denoising, JPEG, the no-flash image) the held-out error turns up soon after its
+#: minimum, while inpainting and super-resolution keep improving slowly for long and a short
+#: patience would stop them on a plateau.
+HELDOUT_PATIENCE: dict[str, int] = {
+    "denoise": 200,
+    "jpeg": 200,
+    "flash": 200,
+    "inpaint": 1000,
+    "super-resolution": 1000,
+}
+
+
+def default_patience(task: str, criterion: str) -> int | None:
+    """The patience ``dip restore`` gives ``criterion`` for ``task`` (``None``: the criterion's
+    own default)."""
+    return HELDOUT_PATIENCE.get(task) if criterion == "heldout" else None
+
+
 _CRITERIA = {
     "heldout": "dip_lightning.callbacks.HeldoutStopping",
     "variance": "dip_lightning.callbacks.WindowedVariance",
@@ -112,7 +131,9 @@ def restore_parser() -> ArgumentParser:
         "patience",
         type=int | None,
         default=None,
-        help="Steps without a better criterion before stopping (default: the criterion's).",
+        help="Steps without a better criterion before stopping (default: heldout 200 for "
+        "denoise, jpeg and flash, 1000 for inpaint and super-resolution; variance and "
+        "ema-variance 1000).",
     )
     option("device", type=Literal["auto", "cpu", "cuda"], default="auto")
     option(
@@ -241,8 +262,11 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         f"--trainer.default_root_dir={run_dir}",
         f"--trainer.callbacks+={criterion}",
     ]
-    if cfg.patience is not None:
-        args.append(f"--trainer.callbacks.patience={cfg.patience}")
+    patience = (
+        cfg.patience if cfg.patience is not None else default_patience(cfg.task, cfg.criterion)
+    )
+    if patience is not None:
+        args.append(f"--trainer.callbacks.patience={patience}")
     if cfg.criterion == "heldout":
         args.append("--model.init_args.holdout_fraction=0.05")
     if cfg.clean:

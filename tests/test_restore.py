@@ -169,3 +169,29 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
     assert run([str(source), "-o", str(out), "--overwrite", *FAST]) == 0
     with Image.open(out) as image:
         assert image.size == (29, 23)
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "expected"),
+    [
+        ("denoise", [], 200),
+        ("inpaint", ["--mask", "MASK"], 1000),
+        ("super-resolution", ["--scale", "2"], 1000),
+        ("denoise", ["--patience", "50"], 50),
+        ("denoise", ["--criterion", "variance"], None),
+    ],
+)
+def test_the_patience_follows_the_task_unless_given(
+    tmp_path: Path, task: str, extra: list[str], expected: int | None
+) -> None:
+    """Held-out stopping waits longer where the fit keeps improving slowly (no noise to fit)."""
+    from dip_lightning.restore import fit_arguments, parse
+
+    image = noisy(tmp_path / "in.png")
+    mask = write_png(tmp_path / "mask.png", np.full((23, 29), 255, dtype=np.uint8))
+    extra = [str(mask) if e == "MASK" else e for e in extra]
+    cfg = parse([str(image), "-o", str(tmp_path / "out.png"), "--task", task, *extra])
+    job = plan(cfg.inputs, cfg.output)[0]
+    args = fit_arguments(cfg, job, tmp_path / "run")
+    patience = [a.split("=", 1)[1] for a in args if a.startswith("--trainer.callbacks.patience=")]
+    assert patience == ([] if expected is None else [str(expected)])
