@@ -263,8 +263,11 @@ class _PsnrPerStep(Callback):
         self.psnr.append(float(psnr(module.restored_batch(), module.clean)))
 
 
-def heldout_fit(args: argparse.Namespace, image: Path, seed: int) -> dict[str, Any]:
-    """One fit with 5% held-out pixels: the held-out choice of step against the oracle's."""
+def heldout_fit(
+    args: argparse.Namespace, image: Path, seed: int, directory: Path
+) -> dict[str, Any]:
+    """One fit with 5% held-out pixels (written into ``directory``): the held-out choice of step
+    against the oracle's."""
     from dip_lightning.search.objective import build_cli
 
     cli = build_cli(
@@ -277,7 +280,7 @@ def heldout_fit(args: argparse.Namespace, image: Path, seed: int) -> dict[str, A
             "--model.init_args.holdout_fraction=0.05",
             "--model.init_args.image_every_n_steps=10000",
             f"--trainer.max_steps={args.heldout_steps}",
-            "--trainer.logger=false",
+            "--trainer.logger=false", f"--trainer.default_root_dir={directory}",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         ]
     )  # fmt: skip
@@ -392,7 +395,7 @@ def main() -> None:
         search_rows.append((name, results))
         if len(results) < 2:
             continue
-        heldout = heldout_fit(args, image, seed)
+        heldout = heldout_fit(args, image, seed, out / f"{name}-heldout")
         print(f"{name} heldout: {heldout}", file=sys.stderr)
         heldout_rows.append((name, heldout))
 
