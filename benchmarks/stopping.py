@@ -11,8 +11,9 @@ inpainting of centre crops of the paper's Table-1 images with their fixed masks
 1. one fit of ``dip restore``'s preset (the same settings, seeds and 5% held-out pixels) for
    ``--steps`` steps with the three criteria watching (none stops the fit): for each, the step
    it selects, the step at which it stops ``dip restore`` (its patience ran out), and the PSNR of
-   its image; beside them the oracle: the best PSNR the run passes through and its step. The
-   held-out criterion is ``dip restore``'s default, so its row is what ``dip restore`` returns.
+   its image; beside them the oracle: the best PSNR the run passes through and its step. ``dip
+   restore``'s default criterion is the held-out one for denoising and the windowed variance for
+   inpainting, so those rows are what ``dip restore`` returns.
 2. (denoising, unless ``--no-reference``) the paper's denoising settings (``configs/paper/
    denoise.yaml``: 128-channel skip network, output EMA) for ``--reference-steps`` steps: the
    best PSNR it passes through and its wall time, the reference ``dip restore`` is held to.

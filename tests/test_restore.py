@@ -175,7 +175,8 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
     ("task", "extra", "expected"),
     [
         ("denoise", [], 200),
-        ("inpaint", ["--mask", "MASK"], 1000),
+        ("inpaint", ["--mask", "MASK"], None),  # the variance criterion, its own patience
+        ("inpaint", ["--mask", "MASK", "--criterion", "heldout"], 1000),
         ("super-resolution", ["--scale", "2"], 1000),
         ("denoise", ["--patience", "50"], 50),
         ("denoise", ["--criterion", "variance"], None),
@@ -195,3 +196,27 @@ def test_the_patience_follows_the_task_unless_given(
     args = fit_arguments(cfg, job, tmp_path / "run")
     patience = [a.split("=", 1)[1] for a in args if a.startswith("--trainer.callbacks.patience=")]
     assert patience == ([] if expected is None else [str(expected)])
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "callback"),
+    [
+        ("denoise", [], "HeldoutStopping"),
+        ("inpaint", ["--mask", "MASK"], "WindowedVariance"),
+        ("inpaint", ["--mask", "MASK", "--criterion", "heldout"], "HeldoutStopping"),
+    ],
+)
+def test_the_criterion_follows_the_task_unless_given(
+    tmp_path: Path, task: str, extra: list[str], callback: str
+) -> None:
+    from dip_lightning.restore import fit_arguments, parse
+
+    image = noisy(tmp_path / "in.png")
+    mask = write_png(tmp_path / "mask.png", np.full((23, 29), 255, dtype=np.uint8))
+    extra = [str(mask) if e == "MASK" else e for e in extra]
+    cfg = parse([str(image), "-o", str(tmp_path / "out.png"), "--task", task, *extra])
+    args = fit_arguments(cfg, plan(cfg.inputs, cfg.output)[0], tmp_path / "run")
+    added = [a for a in args if a.startswith("--trainer.callbacks+=")]
+    assert added == [f"--trainer.callbacks+=dip_lightning.callbacks.{callback}"]
+    holdout = "--model.init_args.holdout_fraction=0.05"
+    assert (holdout in args) == (callback == "HeldoutStopping")
