@@ -367,9 +367,16 @@ def _search_command(*args: str) -> list[str]:
 def test_a_killed_workers_trial_runs_again_and_every_trial_finishes_once(
     tmp_path: Path, signum: int
 ) -> None:
-    space = {**SPACE, "trainer.max_steps": {"type": "int", "low": 20, "high": 20}}
+    # trials long enough (200 steps) that the signal lands inside a fit, as a user's would
+    space = {**SPACE, "trainer.max_steps": {"type": "int", "low": 200, "high": 200}}
     spec_file = write_spec(
-        tmp_path, n_trials=3, heartbeat_interval=1, grace_period=2, pruner="none", space=space
+        tmp_path,
+        {"trainer.log_every_n_steps": 10},
+        n_trials=3,
+        heartbeat_interval=1,
+        grace_period=2,
+        pruner="none",
+        space=space,
     )
     args = ["--config", str(spec_file), "--study_name", "killed"]
     spec = parse_spec(args)

@@ -329,6 +329,23 @@ class Objective:
         self.last_error: DIPError | None = None
         #: Ctrl-C or SIGTERM arrived when a fit had already finished its last step
         self.stop_requested = False
+        #: a trial (``in_trial``) or its fit (``in_fit``) is running in this process
+        self.in_trial = False
+        self.in_fit = False
+
+    def on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM outside a fit: during a trial, finish and record it, then stop the worker
+        (``stop_requested``); between trials, stop at once. While Lightning's handler is
+        installed (it calls this one too) it stops the fit at the end of the step and the trial
+        is queued again."""
+        import signal
+
+        if self.in_fit and signal.getsignal(signal.SIGTERM) != self.on_sigterm:
+            return  # called by Lightning's handler
+        if self.in_trial:
+            self.stop_requested = True
+            return
+        raise WorkerInterrupted("stopped between trials")
 
     def is_surplus(self, trial: optuna.Trial) -> bool:
         """Whether the study already has ``n_trials`` finished or running trials without this
@@ -361,12 +378,15 @@ class Objective:
                 f"the study already has {self.spec.n_trials} finished or running trials"
             )
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self.in_trial = True
         try:
             value = self._run(trial)
         except DIPError as exc:
             self.consecutive_failures += 1
             self.last_error = exc
             raise
+        finally:
+            self.in_trial = False
         self.consecutive_failures = 0
         return value
 
@@ -394,6 +414,7 @@ class Objective:
             progress = TrialProgress(trial, spec.n_trials, spec.monitor, position=position)
             callbacks.append(progress)
         outcome = "failed"
+        self.in_fit = True
         try:
             trainer.fit(module, datamodule=cli.datamodule)
             outcome = "done"
@@ -408,6 +429,7 @@ class Objective:
                 "it is queued to run again"
             ) from exc
         finally:
+            self.in_fit = False
             trial.set_user_attr("steps", int(trainer.global_step))
             if progress is not None and outcome != "done":
                 progress.close(outcome)

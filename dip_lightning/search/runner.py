@@ -27,8 +27,10 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -272,7 +274,6 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
 def run_worker(spec: StudySpec, study: optuna.Study) -> None:
     """Run trials of ``study`` until it holds ``spec.n_trials`` finished trials (see the module
     docstring), or ``spec.timeout`` seconds have passed (no new trial starts after that)."""
-    from optuna.storages import fail_stale_trials
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     store = optuna.artifacts.FileSystemArtifactStore(_mkdir(spec.artifact_dir))
@@ -281,6 +282,35 @@ def run_worker(spec: StudySpec, study: optuna.Study) -> None:
     poll = max(0.5, spec.heartbeat_interval / 2)
     deadline = None if spec.timeout is None else time.monotonic() + spec.timeout
     stop = optuna.study.MaxTrialsCallback(spec.n_trials, states=FINISHED)
+    with _sigterm_handler(objective.on_sigterm):
+        _run_trials(spec, study, objective, heartbeat, poll, deadline, stop)
+
+
+@contextlib.contextmanager
+def _sigterm_handler(handler: Any) -> Iterator[None]:
+    """Install ``handler`` for SIGTERM (in the main thread only) and restore the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_trials(
+    spec: StudySpec,
+    study: optuna.Study,
+    objective: Objective,
+    heartbeat: bool,
+    poll: float,
+    deadline: float | None,
+    stop: Any,
+) -> None:
+    """The loop of :func:`run_worker`."""
+    from optuna.storages import fail_stale_trials
+
     while True:
         fail_stale_trials(study)
         finished, running = _counts(study)
