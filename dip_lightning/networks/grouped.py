@@ -70,6 +70,8 @@ from .spectral import (
     GaussianUpsample,
     LipschitzConv2d,
     MeanOnlyBatchNorm,
+    _normalize_groups,
+    _power_iterations,
     _start_vector,
     conv_operator,
 )
@@ -177,19 +179,12 @@ class GroupedConcat(Concat):
         return torch.cat(blocks, dim=2).reshape(n, -1, h, w)
 
 
-def _normalize_groups(t: torch.Tensor, groups: int, eps: float = 1e-12) -> torch.Tensor:
-    """``t`` with each of its ``groups`` blocks of channels (dim 1) scaled to unit norm."""
-    flat = t.reshape(t.shape[0], groups, -1)
-    norms = flat.norm(dim=(0, 2), keepdim=True).clamp_min(eps)
-    return (flat / norms).reshape(t.shape)
-
-
 def _group_sums(t: torch.Tensor, groups: int) -> torch.Tensor:
     """Sum of each of the ``groups`` blocks of channels (dim 1) of ``t``: shape ``(groups,)``."""
     return t.reshape(t.shape[0], groups, -1).sum(dim=(0, 2))
 
 
-class GroupedLipschitzConv2d(nn.Module):
+class GroupedLipschitzConv2d(LipschitzConv2d):
     """``groups`` :class:`~dip_lightning.networks.spectral.LipschitzConv2d` layers in one.
 
     ``conv`` is the grouped convolution (its weight holds the ``groups`` weights one after
@@ -200,9 +195,6 @@ class GroupedLipschitzConv2d(nn.Module):
     diagonal, so the iterations are normalised per block). :attr:`sigma` holds the ``groups``
     values.
     """
-
-    u: torch.Tensor
-    sigma: torch.Tensor
 
     def __init__(
         self,
@@ -215,46 +207,24 @@ class GroupedLipschitzConv2d(nn.Module):
         n_power_iterations: int = 1,
         warmup_iterations: int = 30,
     ) -> None:
-        super().__init__()
         if conv.out_channels % groups or conv.in_channels % groups:
             raise ValueError(
                 f"the convolution's channels ({conv.in_channels}, {conv.out_channels}) are not "
                 f"multiples of the {groups} groups"
             )
-        self.conv = conv
+        super().__init__(
+            conv,
+            bound,
+            padding=padding,
+            pad=pad,
+            n_power_iterations=n_power_iterations,
+            warmup_iterations=warmup_iterations,
+        )
         self.groups = int(groups)
-        self.bound = float(bound)
-        self.padding = padding
-        self.pad = int(pad) if padding != "zero" else 0
-        self.n_power_iterations = int(n_power_iterations)
-        self.warmup_iterations = int(warmup_iterations)
-        self.register_buffer("u", torch.zeros(0))
         self.register_buffer("sigma", torch.full((groups,), float("nan")))
 
     def extra_repr(self) -> str:
-        return f"groups={self.groups}, bound={self.bound}, padding={self.padding!r}, pad={self.pad}"
-
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        saved = state_dict.get(prefix + "u")
-        if isinstance(saved, torch.Tensor) and saved.shape != self.u.shape:
-            self.u = torch.zeros_like(saved, device=self.u.device, dtype=self.u.dtype)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def _operator(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return conv_operator(x, weight, self.conv, self.padding, self.pad)
-
-    def _power_iterations(self, u: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
-        weight = weight.detach()
-        with torch.enable_grad():
-            for _ in range(n):
-                point = u.detach().requires_grad_(True)
-                out = self._operator(point, weight)
-                grad_out = _normalize_groups(out.detach(), self.groups)
-                (adjoint,) = torch.autograd.grad(out, point, grad_outputs=grad_out)
-                u = _normalize_groups(adjoint.detach(), self.groups)
-        return u.detach()
+        return f"groups={self.groups}, {super().extra_repr()}"
 
     def normalized_weight(self, input_shape: torch.Size) -> torch.Tensor:
         """The weight of the forward pass for inputs of shape ``(groups * C, H, W)``."""
@@ -266,22 +236,21 @@ class GroupedLipschitzConv2d(nn.Module):
             self.u = start.repeat(1, self.groups, 1, 1)
             iterations = self.warmup_iterations
         if iterations:
-            self.u.copy_(self._power_iterations(self.u, weight, iterations))
+            u = _power_iterations(
+                self.u, weight, self.conv, self.padding, self.pad, iterations, self.groups
+            )
+            self.u.copy_(u)
         u = self.u
         with torch.no_grad():
-            v = _normalize_groups(self._operator(u, weight), self.groups)
-        sigma = _group_sums(v * self._operator(u, weight), self.groups)
+            out = conv_operator(u, weight, self.conv, self.padding, self.pad)
+            v = _normalize_groups(out, self.groups)
+        sigma = _group_sums(
+            v * conv_operator(u, weight, self.conv, self.padding, self.pad), self.groups
+        )
         self.sigma.copy_(sigma.detach())
         scale = torch.clamp(sigma / self.bound, min=1.0)
         per_channel = scale.repeat_interleave(weight.shape[0] // self.groups)
         return weight / per_channel.view(-1, *([1] * (weight.dim() - 1)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.normalized_weight(x.shape[1:])
-        out = self._operator(x, weight)
-        if self.conv.bias is not None:
-            out = out + self.conv.bias.view(1, -1, 1, 1)
-        return out
 
 
 class GroupedNetwork(nn.Module):

@@ -66,6 +66,15 @@ def _normalize(t: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return t / t.norm().clamp_min(eps)
 
 
+def _normalize_groups(t: torch.Tensor, groups: int, eps: float = 1e-12) -> torch.Tensor:
+    """``t`` with each of its ``groups`` blocks of channels (dim 1) scaled to unit norm."""
+    if groups == 1:
+        return _normalize(t, eps)
+    flat = t.reshape(t.shape[0], groups, -1)
+    norms = flat.norm(dim=(0, 2), keepdim=True).clamp_min(eps)
+    return (flat / norms).reshape(t.shape)
+
+
 def _power_iterations(
     u: torch.Tensor,
     weight: torch.Tensor,
@@ -73,15 +82,19 @@ def _power_iterations(
     padding: str,
     pad: int,
     iterations: int,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """``iterations`` steps of ``u <- A^T A u / |A^T A u|``; the adjoint by autograd."""
+    """``iterations`` steps of ``u <- A^T A u / |A^T A u|``; the adjoint by autograd. With
+    ``groups`` > 1 the operator is block diagonal (a grouped convolution) and each block of
+    channels is normalised on its own."""
     weight = weight.detach()
     with torch.enable_grad():
         for _ in range(iterations):
             point = u.detach().requires_grad_(True)
             out = conv_operator(point, weight, conv, padding, pad)
-            (adjoint,) = torch.autograd.grad(out, point, grad_outputs=_normalize(out.detach()))
-            u = _normalize(adjoint.detach())
+            grad_out = _normalize_groups(out.detach(), groups)
+            (adjoint,) = torch.autograd.grad(out, point, grad_outputs=grad_out)
+            u = _normalize_groups(adjoint.detach(), groups)
     return u.detach()
 
 
