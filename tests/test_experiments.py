@@ -8,12 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import smooth_image, write_png
 from PIL import Image
 
 from dip_lightning.cli import main
 from dip_lightning.errors import ConfigError
-from dip_lightning.experiments import EXPERIMENTS, fitting_targets, run_experiment
+from dip_lightning.experiments import (
+    EXPERIMENTS,
+    NORMAL_SCALE_MATCHED,
+    SIZES,
+    fitting_targets,
+    run_experiment,
+    sensitivity_grid,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +41,7 @@ EXPECTED_ROWS = {  # rows at the tiny size: one per run (per step for the fittin
     "fitting_curves": 4,  # steps
     "mask_ratio": 2,
     "skip_ablation": 8,
-    "sensitivity": 8,
+    "sensitivity": 10,
     "structural_feedback": 4,
 }
 
@@ -73,10 +81,57 @@ def test_experiment_writes_its_csv_and_plot(name: str, tmp_path: Path) -> None:
     assert all((out / "runs" / r / "metrics.json").is_file() for r in runs)
 
 
+@pytest.mark.parametrize("name", ["skip_ablation", "structural_feedback"])
+def test_the_gpu_size_builds_and_runs_its_networks(name: str, tmp_path: Path) -> None:
+    # the GPU variant's networks (128 channels, the UNet at feature scale 4) for one step, on a
+    # small image (crops are at most the image's size) so that it runs here on the CPU
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "a.png", smooth_image(40, 44))
+    out = tmp_path / name
+    run_experiment(name, out=out, size="gpu", image=images / "a.png", images=images, steps=1)
+    rows = read_csv(out / f"{name}.csv")
+    assert rows and all(float(row["peak_psnr"]) > 0 for row in rows)
+    nets = [
+        yaml.safe_load(path.read_text())["model"]["init_args"]["net"]
+        for path in (out / "runs").glob("*/config.yaml")
+    ]
+    assert nets
+    for net in nets:
+        if net["class_path"].endswith("UNet"):
+            assert net["init_args"]["feature_scale"] == 4
+        else:
+            assert net["init_args"]["channels_down"] == net["init_args"]["channels_up"] == 128
+
+
 def test_the_dip_command_runs_an_experiment(tmp_path: Path) -> None:
     main(["experiment", "mask_ratio", "--size", "tiny", "--steps", "2", "--out", str(tmp_path)])
     assert len(read_csv(tmp_path / "mask_ratio.csv")) == 2
     assert (tmp_path / "mask_ratio.png").is_file()
+
+
+def test_sensitivity_fits_each_setting_with_several_seeds(tmp_path: Path) -> None:
+    run_experiment("sensitivity", out=tmp_path, size="tiny", steps=2, seeds=2)
+    rows = read_csv(tmp_path / "sensitivity.csv")
+    assert len(rows) == 20
+    by_seed = {seed: [r for r in rows if r["seed"] == seed] for seed in ("0", "1")}
+    assert [(r["parameter"], r["value"]) for r in by_seed["0"]] == [
+        (r["parameter"], r["value"]) for r in by_seed["1"]
+    ]
+    # the seed changes the network and z, so the results differ
+    assert [r["peak_psnr"] for r in by_seed["0"]] != [r["peak_psnr"] for r in by_seed["1"]]
+    config = yaml.safe_load((tmp_path / "runs" / "lr_0.001_seed1" / "config.yaml").read_text())
+    assert config["model"]["init_args"]["seed"] == 1
+    # the input types are compared at the standard deviation of the paper's uniform input
+    types = dict(sensitivity_grid(SIZES["cpu"])["input_type"])
+    assert types["normal"] == [
+        "--model.init_args.input_type=normal",
+        "--model.init_args.input_scale=0.0288675",
+    ]
+    uniform = torch.rand(10**6, generator=torch.Generator().manual_seed(0)) * 0.1
+    assert uniform.std().item() == pytest.approx(NORMAL_SCALE_MATCHED, rel=0.01)
+    with pytest.raises(ConfigError, match="--seeds must be at least 1"):
+        run_experiment("sensitivity", out=tmp_path, size="tiny", seeds=0)
 
 
 def test_a_rerun_reuses_the_finished_runs(tmp_path: Path) -> None:
