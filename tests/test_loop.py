@@ -190,13 +190,41 @@ def test_a_module_needs_the_single_image_datamodule(tmp_path: Path) -> None:
 
 def test_channels_last_gives_the_same_fit(tmp_path: Path, rgb_png: Path) -> None:
     data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
-    # without input noise (its draw order follows the memory layout) the trajectories match
-    plain = DenoisingDIP(net=SmallNet, input_depth=4, sigma_p=0)
-    fast = DenoisingDIP(net=SmallNet, input_depth=4, sigma_p=0, channels_last=True)
-    fit(tmp_path / "a", plain, data, 5)
-    fit(tmp_path / "b", fast, data, 5)
-    assert fast.z.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(plain.restored(), fast.restored(), atol=2e-3, rtol=0)
+    # the same perturbation is drawn in either layout, so the trajectories match
+    for perturbation in ("fresh", "bank"):
+        plain = DenoisingDIP(net=SmallNet, input_depth=4, perturbation=perturbation)
+        fast = DenoisingDIP(
+            net=SmallNet, input_depth=4, perturbation=perturbation, channels_last=True
+        )
+        fit(tmp_path / f"a{perturbation}", plain, data, 5)
+        fit(tmp_path / f"b{perturbation}", fast, data, 5)
+        assert fast.z.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(plain.restored(), fast.restored(), atol=2e-3, rtol=0)
+
+
+def test_compile_runs_the_network_through_torch_compile(
+    tmp_path: Path, rgb_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[Any] = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module: Any, **kwargs: Any) -> Any:  # dynamo's tracing, no codegen
+        compiled.append(module)
+        return real_compile(module, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    plain = DenoisingDIP(net=SmallNet, input_depth=4)
+    fast = DenoisingDIP(net=SmallNet, input_depth=4, compile=True)
+    fit(tmp_path / "a", plain, data, 4)
+    trainer = fit(tmp_path / "b", fast, data, 4)
+    assert compiled == [fast.net]
+    torch.testing.assert_close(plain.restored(), fast.restored(), atol=1e-5, rtol=0)
+    # the checkpoint holds the network's own parameters: it loads without compiling
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    state = torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in key or "_compiled" in key for key in state)
+    assert set(state) == set(plain.state_dict())
 
 
 def test_noise_bank_is_normal_and_resumes_exactly(tmp_path: Path, rgb_png: Path) -> None:

@@ -129,6 +129,9 @@ class DIPModule(LightningModule):
             and takes a window of it at a random offset every step: the same distribution for a
             fraction of the cost (drawing millions of normal numbers is a visible part of a
             CPU step).
+        compile: run the network through ``torch.compile`` (its default inductor backend) in
+            the fit. The first step then takes the compilation (a minute or two on a CPU);
+            checkpoints hold the network's own parameters, so a fit resumes with or without it.
 
     Metrics against the clean reference (when one is known) are computed every
     ``trainer.log_every_n_steps`` steps; the peak PSNR is tracked at every step on the device.
@@ -174,6 +177,7 @@ class DIPModule(LightningModule):
         feedback: StructuralFeedback | None = None,
         channels_last: bool = False,
         perturbation: Literal["fresh", "bank"] = "fresh",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if input_type not in INPUT_TYPES:
@@ -240,6 +244,9 @@ class DIPModule(LightningModule):
             raise ConfigError(f"model.perturbation {perturbation!r} is unknown; use fresh or bank")
         self.channels_last = bool(channels_last)
         self.perturbation = perturbation
+        self.compile_net = bool(compile)
+        # the compiled network, kept out of the module tree (its parameters are self.net's)
+        self._compiled: list[nn.Module] = []
         self._bank: torch.Tensor | None = None
         self._offsets = torch.Generator().manual_seed(self.seed + 2)
         self.feedback = feedback
@@ -402,18 +409,22 @@ class DIPModule(LightningModule):
         if self.channels_last and self.net is not None:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self.z = self.z.contiguous(memory_format=torch.channels_last)
+        if self.compile_net and self.net is not None and not self._compiled:
+            self._compiled.append(torch.compile(self.net))  # type: ignore[arg-type]
         if self.perturbation == "bank":
             _, channels, height, width = self.z.shape
             bank_generator = torch.Generator(device=self.device).manual_seed(self.seed + 3)
             self._bank = self._normal((1, channels, 2 * height, 2 * width), bank_generator)
 
     def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        """Standard normal numbers in the layout of ``z`` (channels-last when it is)."""
-        n, c, h, w = shape
+        """Standard normal numbers in the layout of ``z`` (channels-last when it is).
+
+        The numbers are drawn in the contiguous layout and then laid out like ``z``, so a fit
+        draws the same perturbation with or without ``channels_last``."""
+        values = torch.randn(shape, generator=generator, device=self.z.device)
         if self.channels_last:
-            values = torch.randn((n, h, w, c), generator=generator, device=self.z.device)
-            return values.permute(0, 3, 1, 2)
-        return torch.randn(shape, generator=generator, device=self.z.device)
+            return values.contiguous(memory_format=torch.channels_last)
+        return values
 
     def perturbed_input(self) -> torch.Tensor:
         """``z + sigma_p * eps`` with fresh ``eps`` from the module's generator."""
@@ -433,7 +444,7 @@ class DIPModule(LightningModule):
         """The restored image for input ``z``, cropped to the output size, in float32."""
         assert self.net is not None and self.crop_box is not None
         box = self.crop_box
-        x = self.net(z)
+        x = self._compiled[0](z) if self._compiled else self.net(z)
         return x[..., box.top : box.bottom, box.left : box.right].float()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
