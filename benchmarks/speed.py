@@ -9,6 +9,16 @@ run, and reports the median step time after a warm-up. Prints a markdown table a
 Variants: ``plain`` (fp32 loop over the same network: z + sigma_p * randn -> net -> loss -> Adam),
 ``fit-fp32`` (``dip fit`` with every speed option off), and ``dip fit`` with one option on at a
 time and with all defaults-on together (``fit-fast``). On a CUDA machine the same runs use the GPU.
+
+``--authors PATH`` adds the variant ``authors``: the network of the authors' code (a checkout of
+DmitryUlyanov/deep-image-prior at PATH, imported from there: ``models.get_net`` with the paper's
+arguments) in the step of their notebooks: a fresh ``normal_`` perturbation, the output average,
+the MSE, backward, the three PSNRs they print computed on the host in NumPy, the roll-back
+bookkeeping and Adam. Their network and ours are then timed side by side in one run, and the
+table gives every variant as a ratio to it too.
+
+    python benchmarks/speed.py --configs denoise --sizes 256 --authors ../deep-image-prior \
+        --variants authors plain fit-fp32 fit-fast
 """
 
 from __future__ import annotations
@@ -67,7 +77,21 @@ FIT_VARIANTS: dict[str, list[str]] = {
         "--model.init_args.perturbation",
         "bank",
     ],
+    # opt-in (--variants): the first step compiles the network, a minute or two on a CPU
+    "fit-compile": ["--model.init_args.compile", "true"],
+    "fit-fast-compile": [
+        "--trainer.precision",
+        "bf16-mixed",
+        "--model.init_args.channels_last",
+        "true",
+        "--model.init_args.perturbation",
+        "bank",
+        "--model.init_args.compile",
+        "true",
+    ],
 }
+#: The variants run when ``--variants`` is not given (besides ``authors`` with ``--authors``).
+DEFAULT_VARIANTS = ["plain", *(v for v in FIT_VARIANTS if "compile" not in v)]
 
 
 def _device() -> str:
@@ -123,6 +147,74 @@ def run_plain(config: str, size: int, steps: int, warmup: int) -> dict[str, Any]
     return {"seconds_per_step": statistics.median(times[warmup:]), "device": device}
 
 
+#: The authors' ``get_net`` arguments for each config (their notebooks' settings).
+AUTHORS_NET: dict[str, dict[str, Any]] = {
+    "denoise": {"skip_n11": 4, "upsample_mode": "bilinear"},
+    "inpaint_text": {"skip_n11": 128, "upsample_mode": "nearest"},
+}
+
+
+def run_authors(config: str, size: int, steps: int, warmup: int, checkout: str) -> dict[str, Any]:
+    """The authors' network and the step of their denoising notebook (``closure`` + Adam)."""
+    import numpy as np
+    import torch
+
+    if config not in AUTHORS_NET:
+        raise SystemExit(f"the authors variant covers {', '.join(AUTHORS_NET)}, not {config}")
+    sys.path.insert(0, checkout)
+    from models import get_net  # the authors' code, from their checkout
+
+    device = _device()
+    torch.manual_seed(0)
+    net = get_net(
+        32,
+        "skip",
+        "reflection",
+        skip_n33d=128,
+        skip_n33u=128,
+        num_scales=5,
+        **AUTHORS_NET[config],
+    ).to(device)
+    net_input_saved = (torch.rand(1, 32, size, size) * 0.1).to(device)  # get_noise(.., 'u') / 10
+    noise = net_input_saved.clone()
+    img_noisy_np = np.random.default_rng(0).random((3, size, size), dtype=np.float32)
+    img_np = img_noisy_np.copy()
+    img_noisy_torch = torch.from_numpy(img_noisy_np)[None].to(device)
+    mse = torch.nn.MSELoss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+
+    def compare_psnr(a: Any, b: Any) -> float:  # skimage's compare_psnr on [0, 1] floats
+        return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+    out_avg = None
+    psnr_noisy_last = 0.0
+    last_net = None
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        net_input = net_input_saved + (noise.normal_() * (1.0 / 30))
+        out = net(net_input)
+        out_avg = out.detach() if out_avg is None else out_avg * 0.99 + out.detach() * (1 - 0.99)
+        total_loss = mse(out, img_noisy_torch)
+        total_loss.backward()
+        psnr_noisy = compare_psnr(img_noisy_np, out.detach().cpu().numpy()[0])
+        compare_psnr(img_np, out.detach().cpu().numpy()[0])
+        compare_psnr(img_np, out_avg.detach().cpu().numpy()[0])
+        if i % 100:
+            if psnr_noisy - psnr_noisy_last < -5 and last_net is not None:
+                for new_param, net_param in zip(last_net, net.parameters(), strict=True):
+                    net_param.data.copy_(new_param)
+            else:
+                last_net = [x.detach().cpu() for x in net.parameters()]
+                psnr_noisy_last = psnr_noisy
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return {"seconds_per_step": statistics.median(times[warmup:]), "device": device}
+
+
 def run_fit(config: str, variant: str, size: int, steps: int, warmup: int) -> dict[str, Any]:
     """``dip fit`` through the CLI parser, timed by its own RunArtifacts callback."""
     from dip_lightning.callbacks import RunArtifacts
@@ -161,6 +253,10 @@ def run_fit(config: str, variant: str, size: int, steps: int, warmup: int) -> di
 def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["variant"] == "plain":
         result = run_plain(spec["config"], spec["size"], spec["steps"], spec["warmup"])
+    elif spec["variant"] == "authors":
+        result = run_authors(
+            spec["config"], spec["size"], spec["steps"], spec["warmup"], spec["authors"]
+        )
     else:
         result = run_fit(
             spec["config"], spec["variant"], spec["size"], spec["steps"], spec["warmup"]
@@ -174,7 +270,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256, 512])
     parser.add_argument(
-        "--variants", nargs="+", default=["plain", *FIT_VARIANTS], choices=["plain", *FIT_VARIANTS]
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=["authors", "plain", *FIT_VARIANTS],
+        help="default: plain and every fit variant but the compiled ones (authors with --authors)",
+    )
+    parser.add_argument(
+        "--authors",
+        type=Path,
+        default=None,
+        help="a checkout of DmitryUlyanov/deep-image-prior: time their network and step too",
     )
     parser.add_argument("--steps", type=int, default=7, help="measured steps")
     parser.add_argument("--warmup", type=int, default=3)
@@ -184,6 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         print(json.dumps(measure_one(json.loads(args.one))), flush=True)
         return
+    if args.variants is None:
+        args.variants = [*(["authors"] if args.authors else []), *DEFAULT_VARIANTS]
+    if "authors" in args.variants:
+        if args.authors is None:
+            parser.error("the authors variant needs --authors PATH (their checkout)")
+        if not (args.authors / "models" / "__init__.py").is_file():
+            parser.error(
+                f"no models/__init__.py under {args.authors}: not a checkout of their code"
+            )
 
     rows = []
     for config in args.configs:
@@ -196,6 +311,10 @@ def main(argv: list[str] | None = None) -> None:
                     "steps": args.steps,
                     "warmup": args.warmup,
                 }
+                if variant == "authors":
+                    if config not in AUTHORS_NET:
+                        continue
+                    spec["authors"] = str(args.authors.resolve())
                 done = subprocess.run(
                     [sys.executable, __file__, "--one", json.dumps(spec)],
                     capture_output=True,
@@ -219,18 +338,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    plain = {
-        (r["config"], r["size"]): r["seconds_per_step"] for r in rows if r["variant"] == "plain"
-    }
-    print("\n| config | size | variant | s/step | x plain fp32 | peak GiB |")
-    print("|---|---|---|---|---|---|")
+    def times(variant: str) -> dict[tuple[str, int], float]:
+        return {
+            (r["config"], r["size"]): r["seconds_per_step"] for r in rows if r["variant"] == variant
+        }
+
+    plain, authors = times("plain"), times("authors")
+    columns = ["config", "size", "variant", "s/step", "x plain fp32"]
+    columns += ["x authors"] if authors else []
+    print("\n| " + " | ".join([*columns, "peak GiB"]) + " |")
+    print("|" + "---|" * (len(columns) + 1))
     for r in rows:
-        base = plain.get((r["config"], r["size"]))
-        ratio = f"{r['seconds_per_step'] / base:.2f}" if base else "-"
-        print(
-            f"| {r['config']} | {r['size']} | {r['variant']} | {r['seconds_per_step']:.3f} | "
-            f"{ratio} | {r['peak_gib']:.2f} |"
-        )
+        key = (r["config"], r["size"])
+        cells = [r["config"], str(r["size"]), r["variant"], f"{r['seconds_per_step']:.3f}"]
+        for base in (plain, authors) if authors else (plain,):
+            cells.append(f"{r['seconds_per_step'] / base[key]:.2f}" if key in base else "-")
+        print("| " + " | ".join([*cells, f"{r['peak_gib']:.2f}"]) + " |")
 
 
 if __name__ == "__main__":
