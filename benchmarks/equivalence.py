@@ -39,13 +39,14 @@ SHARED = REPO.parent / "shared" / "data"
 VARIANTS = [v for v in FIT_VARIANTS if v != "fit-fp32" and "compile" not in v]
 
 
-def prepare(data: Path, count: int, crop: int, out: Path) -> list[Path]:
-    """Centre crops of the first ``count`` images of ``data`` (sorted by name), as PNGs."""
+def prepare(data: Path, count: int, crop: int, out: Path, skip: int = 0) -> list[Path]:
+    """Centre crops of ``count`` images of ``data`` (sorted by name, after the first ``skip``),
+    as PNGs."""
     sources = sorted(p for p in data.iterdir() if p.suffix.lower() in {".png", ".jpg", ".tif"})
-    if len(sources) < count:
-        raise SystemExit(f"{data} holds {len(sources)} images, fewer than --images {count}")
+    if len(sources) < skip + count:
+        raise SystemExit(f"{data} holds {len(sources)} images, fewer than {skip + count}")
     paths = []
-    for source in sources[:count]:
+    for source in sources[skip : skip + count]:
         with Image.open(source) as image:
             rgb = image.convert("RGB")
         width, height = rgb.size
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=SHARED / "denoising-cbm3d")
     parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--skip", type=int, default=0, help="start after this many images")
     parser.add_argument("--crop", type=int, default=96)
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--every", type=int, default=25, help="compare at every N-th step")
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("dip_lightning").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
-    images = prepare(args.data, args.images, args.crop, args.out)
+    images = prepare(args.data, args.images, args.crop, args.out, args.skip)
     rows = []
     for image in images:
         base = run(image, "fit-fp32", args.steps, args.out)

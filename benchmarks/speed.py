@@ -7,8 +7,9 @@ run, and reports the median step time after a warm-up. Prints a markdown table a
         python benchmarks/speed.py --sizes 128 256 --configs denoise --out speed.json
 
 Variants: ``plain`` (fp32 loop over the same network: z + sigma_p * randn -> net -> loss -> Adam),
-``fit-fp32`` (``dip fit`` with every speed option off), and ``dip fit`` with one option on at a
-time and with all defaults-on together (``fit-fast``). On a CUDA machine the same runs use the GPU.
+``fit-fp32`` (``dip fit`` with every speed option off), ``dip fit`` with one option on at a time
+(bf16 autocast, channels_last, the noise bank, fused Adam: the last is ``dip fit``'s default),
+and with all of them together (``fit-fast``). On a CUDA machine the same runs use the GPU.
 
 ``--authors PATH`` adds the variant ``authors``: the network of the authors' code (a checkout of
 DmitryUlyanov/deep-image-prior at PATH, imported from there: ``models.get_net`` with the paper's
@@ -57,38 +58,34 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: ``dip fit`` variants: extra command-line options.
+#: Adam without its fused implementation (on by default): with it, every speed option is off.
+UNFUSED = [
+    "--model.init_args.optimizer",
+    "torch.optim.Adam",
+    "--model.init_args.optimizer.init_args.fused",
+    "false",
+]
+FAST = [
+    "--trainer.precision",
+    "bf16-mixed",
+    "--model.init_args.channels_last",
+    "true",
+    "--model.init_args.perturbation",
+    "bank",
+]
+
+#: ``dip fit`` variants: extra command-line options. ``fit-fp32`` has every speed option off,
+#: the next four one option each, ``fit-fast`` all of them together.
 FIT_VARIANTS: dict[str, list[str]] = {
-    "fit-fp32": [],
-    "fit-bf16": ["--trainer.precision", "bf16-mixed"],
-    "fit-channels-last": ["--model.init_args.channels_last", "true"],
-    "fit-bank": ["--model.init_args.perturbation", "bank"],
-    "fit-fused-adam": [
-        "--model.init_args.optimizer",
-        "torch.optim.Adam",
-        "--model.init_args.optimizer.init_args.fused",
-        "true",
-    ],
-    "fit-fast": [
-        "--trainer.precision",
-        "bf16-mixed",
-        "--model.init_args.channels_last",
-        "true",
-        "--model.init_args.perturbation",
-        "bank",
-    ],
+    "fit-fp32": UNFUSED,
+    "fit-bf16": [*UNFUSED, "--trainer.precision", "bf16-mixed"],
+    "fit-channels-last": [*UNFUSED, "--model.init_args.channels_last", "true"],
+    "fit-bank": [*UNFUSED, "--model.init_args.perturbation", "bank"],
+    "fit-fused-adam": [],  # dip fit's default
+    "fit-fast": FAST,
     # opt-in (--variants): the first step compiles the network, a minute or two on a CPU
-    "fit-compile": ["--model.init_args.compile", "true"],
-    "fit-fast-compile": [
-        "--trainer.precision",
-        "bf16-mixed",
-        "--model.init_args.channels_last",
-        "true",
-        "--model.init_args.perturbation",
-        "bank",
-        "--model.init_args.compile",
-        "true",
-    ],
+    "fit-compile": [*UNFUSED, "--model.init_args.compile", "true"],
+    "fit-fast-compile": [*FAST, "--model.init_args.compile", "true"],
 }
 #: The variants run when ``--variants`` is not given (besides ``authors`` with ``--authors``).
 DEFAULT_VARIANTS = ["plain", *(v for v in FIT_VARIANTS if "compile" not in v)]

@@ -227,6 +227,29 @@ def test_compile_runs_the_network_through_torch_compile(
     assert set(state) == set(plain.state_dict())
 
 
+def test_adam_at_its_defaults_runs_fused(tmp_path: Path, rgb_png: Path) -> None:
+    data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
+    module = DenoisingDIP(net=SmallNet, input_depth=4)
+    module.attach(data)
+    assert module.configure_optimizers().defaults["fused"] is True
+    for chosen in (
+        partial(torch.optim.Adam, foreach=True),
+        partial(torch.optim.Adam, fused=False),
+        torch.optim.SGD,
+    ):
+        other = DenoisingDIP(net=SmallNet, input_depth=4, optimizer=chosen)
+        other.attach(data)
+        assert not other.configure_optimizers().defaults.get("fused")
+    # the fused update is the same update
+    fused = DenoisingDIP(net=SmallNet, input_depth=4)
+    plain = DenoisingDIP(
+        net=SmallNet, input_depth=4, optimizer=partial(torch.optim.Adam, fused=False)
+    )
+    fit(tmp_path / "fused", fused, data, 6)
+    fit(tmp_path / "plain", plain, data, 6)
+    torch.testing.assert_close(fused.restored(), plain.restored(), atol=1e-4, rtol=0)
+
+
 def test_noise_bank_is_normal_and_resumes_exactly(tmp_path: Path, rgb_png: Path) -> None:
     data = SingleImageDataModule(image=str(rgb_png), noise_sigma=25)
     module = DenoisingDIP(net=SmallNet, input_depth=4, perturbation="bank", sigma_p=1.0)
