@@ -59,12 +59,9 @@ def prepare(data: Path, count: int, crop: int, out: Path, skip: int = 0) -> list
     return paths
 
 
-def run(image: Path, variant: str, steps: int, out: Path) -> dict[str, Any]:
-    """One fit (or its stored result): the PSNR of the restored image at every step."""
-    from dip_lightning.cli import DIPCLI
-    from dip_lightning.experiments import Recorder
-
-    args = [
+def fit_args(image: Path, variant: str, steps: int) -> list[str]:
+    """The ``dip fit`` arguments of one run."""
+    return [
         "--config",
         str(REPO / "configs" / "paper" / "denoise.yaml"),
         f"--data.image={image}",
@@ -75,6 +72,14 @@ def run(image: Path, variant: str, steps: int, out: Path) -> dict[str, Any]:
         "--trainer.enable_model_summary=false",
         *FIT_VARIANTS[variant],
     ]
+
+
+def run(image: Path, variant: str, steps: int, out: Path) -> dict[str, Any]:
+    """One fit (or its stored result): the PSNR of the restored image at every step."""
+    from dip_lightning.cli import DIPCLI
+    from dip_lightning.experiments import Recorder
+
+    args = fit_args(image, variant, steps)
     record = out / image.stem / f"{variant}.json"
     if record.is_file():
         stored = json.loads(record.read_text())

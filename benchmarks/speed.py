@@ -1,7 +1,9 @@
 """Seconds per step and peak memory: a plain PyTorch loop (the authors' way) against ``dip fit``.
 
 Every measurement runs in its own process (peak memory is the process's), side by side in one
-run, and reports the median step time after a warm-up. Prints a markdown table and writes JSON.
+run, and reports the median step time after a warm-up; with ``--repeats N`` the variants take
+turns N times and the table gives the median of their N medians (a shared machine's slow spells
+then fall on every variant). Prints a markdown table and writes JSON.
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736 \\
         python benchmarks/speed.py --sizes 128 256 --configs denoise --out speed.json
@@ -262,6 +264,24 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, **result}
 
 
+def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """One measurement in a fresh process (its peak memory is the process's own)."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--one", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        print(
+            f"{spec['config']} {spec['size']} {spec['variant']}: failed\n{done.stderr[-2000:]}",
+            flush=True,
+        )
+        return None
+    return json.loads(lines[-1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -281,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=7, help="measured steps")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure every variant this many times, in turns; the table gives the median",
+    )
     parser.add_argument("--out", type=Path, default=Path("speed.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -300,35 +326,38 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for config in args.configs:
         for size in args.sizes:
-            for variant in args.variants:
-                spec = {
-                    "config": config,
-                    "size": size,
-                    "variant": variant,
-                    "steps": args.steps,
-                    "warmup": args.warmup,
-                }
-                if variant == "authors":
-                    if config not in AUTHORS_NET:
+            runs: dict[str, list[dict[str, Any]]] = {}
+            # the variants take turns, --repeats times, so that a slow spell of a shared
+            # machine falls on all of them
+            for _ in range(args.repeats):
+                for variant in args.variants:
+                    if variant == "authors" and config not in AUTHORS_NET:
                         continue
-                    spec["authors"] = str(args.authors.resolve())
-                done = subprocess.run(
-                    [sys.executable, __file__, "--one", json.dumps(spec)],
-                    capture_output=True,
-                    text=True,
-                    env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                )
-                lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-                if done.returncode or not lines:
-                    print(f"{config} {size} {variant}: failed\n{done.stderr[-2000:]}", flush=True)
-                    continue
-                row = json.loads(lines[-1])
+                    spec = {
+                        "config": config,
+                        "size": size,
+                        "variant": variant,
+                        "steps": args.steps,
+                        "warmup": args.warmup,
+                    }
+                    if variant == "authors":
+                        spec["authors"] = str(args.authors.resolve())
+                    row = measure_in_subprocess(spec)
+                    if row is None:
+                        continue
+                    runs.setdefault(variant, []).append(row)
+                    print(
+                        f"{config:>12} {size:>4} {variant:>17} {row['seconds_per_step']:.3f} "
+                        f"s/step {row['peak_gib']:.2f} GiB",
+                        flush=True,
+                    )
+            for measured in runs.values():
+                row = dict(measured[0])
+                times = [r["seconds_per_step"] for r in measured]
+                row["seconds_per_step"] = statistics.median(times)
+                row["repeats"] = times
+                row["peak_gib"] = max(r["peak_gib"] for r in measured)
                 rows.append(row)
-                print(
-                    f"{config:>12} {size:>4} {variant:>17} {row['seconds_per_step']:.3f} s/step "
-                    f"{row['peak_gib']:.2f} GiB",
-                    flush=True,
-                )
     print_table(rows)
     machine = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
