@@ -70,10 +70,6 @@ from .spectral import (
     GaussianUpsample,
     LipschitzConv2d,
     MeanOnlyBatchNorm,
-    _normalize_groups,
-    _power_iterations,
-    _start_vector,
-    conv_operator,
 )
 from .unet import UNet
 
@@ -179,11 +175,6 @@ class GroupedConcat(Concat):
         return torch.cat(blocks, dim=2).reshape(n, -1, h, w)
 
 
-def _group_sums(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """Sum of each of the ``groups`` blocks of channels (dim 1) of ``t``: shape ``(groups,)``."""
-    return t.reshape(t.shape[0], groups, -1).sum(dim=(0, 2))
-
-
 class GroupedLipschitzConv2d(LipschitzConv2d):
     """``groups`` :class:`~dip_lightning.networks.spectral.LipschitzConv2d` layers in one.
 
@@ -225,32 +216,6 @@ class GroupedLipschitzConv2d(LipschitzConv2d):
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, {super().extra_repr()}"
-
-    def normalized_weight(self, input_shape: torch.Size) -> torch.Tensor:
-        """The weight of the forward pass for inputs of shape ``(groups * C, H, W)``."""
-        weight = self.conv.weight
-        channels = input_shape[0] // self.groups
-        iterations = self.n_power_iterations if self.training else 0
-        if tuple(self.u.shape) != (1, *input_shape):
-            start = _start_vector((1, channels, *input_shape[1:]), weight)
-            self.u = start.repeat(1, self.groups, 1, 1)
-            iterations = self.warmup_iterations
-        if iterations:
-            u = _power_iterations(
-                self.u, weight, self.conv, self.padding, self.pad, iterations, self.groups
-            )
-            self.u.copy_(u)
-        u = self.u
-        with torch.no_grad():
-            out = conv_operator(u, weight, self.conv, self.padding, self.pad)
-            v = _normalize_groups(out, self.groups)
-        sigma = _group_sums(
-            v * conv_operator(u, weight, self.conv, self.padding, self.pad), self.groups
-        )
-        self.sigma.copy_(sigma.detach())
-        scale = torch.clamp(sigma / self.bound, min=1.0)
-        per_channel = scale.repeat_interleave(weight.shape[0] // self.groups)
-        return weight / per_channel.view(-1, *([1] * (weight.dim() - 1)))
 
 
 class GroupedNetwork(nn.Module):

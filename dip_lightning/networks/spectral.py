@@ -75,6 +75,11 @@ def _normalize_groups(t: torch.Tensor, groups: int, eps: float = 1e-12) -> torch
     return (flat / norms).reshape(t.shape)
 
 
+def _group_sums(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """Sum of each of the ``groups`` blocks of channels (dim 1) of ``t``: shape ``(groups,)``."""
+    return t.reshape(t.shape[0], groups, -1).sum(dim=(0, 2))
+
+
 def _power_iterations(
     u: torch.Tensor,
     weight: torch.Tensor,
@@ -163,6 +168,8 @@ class LipschitzConv2d(nn.Module):
 
     u: torch.Tensor
     sigma: torch.Tensor
+    #: independent convolutions in ``conv`` (block-diagonal operator), each bounded on its own
+    groups: int = 1
 
     def __init__(
         self,
@@ -206,23 +213,29 @@ class LipschitzConv2d(nn.Module):
 
     def normalized_weight(self, input_shape: torch.Size) -> torch.Tensor:
         """The weight of the forward pass for inputs of shape ``(C, H, W)`` (updates ``u``
-        in training mode, or when ``u`` does not fit that shape yet)."""
+        in training mode, or when ``u`` does not fit that shape yet). With :attr:`groups` > 1
+        each block of ``groups`` is normalised by its own largest singular value."""
         weight = self.conv.weight
+        groups = self.groups
         shape = (1, *input_shape)
         iterations = self.n_power_iterations if self.training else 0
         if tuple(self.u.shape) != shape:
-            self.u = _start_vector(shape, weight)
+            block = (1, input_shape[0] // groups, *input_shape[1:])
+            self.u = _start_vector(block, weight).repeat(1, groups, 1, 1)
             iterations = self.warmup_iterations
         if iterations:
-            u = _power_iterations(self.u, weight, self.conv, self.padding, self.pad, iterations)
+            u = _power_iterations(
+                self.u, weight, self.conv, self.padding, self.pad, iterations, groups
+            )
             self.u.copy_(u)
-        u = self.u
-        with torch.no_grad():
-            v = _normalize(conv_operator(u, weight, self.conv, self.padding, self.pad))
+        out = conv_operator(self.u, weight, self.conv, self.padding, self.pad)
+        v = _normalize_groups(out.detach(), groups)
         # sigma = <v, A_W u> = |A_W u| at this W, differentiable in W (u, v fixed)
-        sigma = (v * conv_operator(u, weight, self.conv, self.padding, self.pad)).sum()
-        self.sigma.copy_(sigma.detach())
-        return weight / torch.clamp(sigma / self.bound, min=1.0)
+        sigma = _group_sums(v * out, groups)
+        self.sigma.copy_(sigma.detach().reshape(self.sigma.shape))
+        scale = torch.clamp(sigma / self.bound, min=1.0)
+        per_channel = scale.repeat_interleave(weight.shape[0] // groups)
+        return weight / per_channel.view(-1, *([1] * (weight.dim() - 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.normalized_weight(x.shape[1:])
