@@ -155,6 +155,7 @@ class LipschitzConv2d(nn.Module):
         n_power_iterations: power iterations per training forward.
         warmup_iterations: power iterations when ``u`` is (re)initialised.
 
+    >>> _ = torch.manual_seed(0)
     >>> conv = nn.Conv2d(2, 3, 3, stride=2, bias=False)
     >>> layer = LipschitzConv2d(conv, 0.5, padding="reflection", pad=1, warmup_iterations=100)
     >>> y = layer(torch.rand(1, 2, 9, 8))
