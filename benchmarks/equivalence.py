@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +34,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import FIT_VARIANTS  # the same switches as the speed table
+from stopping import centre_crop
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -48,13 +50,10 @@ def prepare(data: Path, count: int, crop: int, out: Path, skip: int = 0) -> list
     paths = []
     for source in sources[skip : skip + count]:
         with Image.open(source) as image:
-            rgb = image.convert("RGB")
-        width, height = rgb.size
-        side = min(crop, width, height)
-        left, top = (width - side) // 2, (height - side) // 2
+            crop_image = centre_crop(image.convert("RGB"), crop)
         path = out / "inputs" / f"{source.stem}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        rgb.crop((left, top, left + side, top + side)).save(path)
+        crop_image.save(path)
         paths.append(path)
     return paths
 
@@ -85,7 +84,7 @@ def run(image: Path, variant: str, steps: int, out: Path) -> dict[str, Any]:
         stored = json.loads(record.read_text())
         if stored["args"] == args:
             return stored
-    with _workdir(out) as work:
+    with tempfile.TemporaryDirectory(dir=out, ignore_cleanup_errors=True) as work:
         started = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -107,18 +106,6 @@ def run(image: Path, variant: str, steps: int, out: Path) -> dict[str, Any]:
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(result) + "\n")
     return result
-
-
-@contextlib.contextmanager
-def _workdir(out: Path) -> Any:
-    import shutil
-    import tempfile
-
-    work = Path(tempfile.mkdtemp(dir=out))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def compare(base: list[float], other: list[float], every: int) -> dict[str, Any]:

@@ -34,26 +34,13 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stopping import SHARED, denoising_inputs, fit  # the same inputs and fit helper
+from stopping import SHARED, denoising_inputs, reference_fit  # the same inputs and fit
 
 
 def psnr(path: Path, clean: Path) -> float:
     a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
     b = np.asarray(Image.open(clean).convert("RGB"), dtype=np.float64)
     return float(10 * np.log10(255.0**2 / np.mean((a - b) ** 2)))
-
-
-def reference(item: dict[str, Any], steps: int, directory: Path) -> dict[str, Any]:
-    from dip_lightning.presets import list_presets
-
-    args = [
-        "--config",
-        str(list_presets()["paper/denoise"]),
-        f"--data.image={item['input']}",
-        f"--data.clean={item['clean']}",
-        f"--trainer.max_steps={steps}",
-    ]
-    return fit(args, directory)
 
 
 def restore(item: dict[str, Any], directory: Path, extra: list[str]) -> dict[str, Any]:
@@ -104,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     for item in denoising_inputs(args.data, args.images, args.crop, args.out):
         key = f"{item['name']}:{args.reference_steps}:{' '.join(args.restore_args)}"
         if key not in done:
-            ref = reference(item, args.reference_steps, args.out / f"paper_{item['name']}")
+            ref = reference_fit(item, args.reference_steps, args.out / f"paper_{item['name']}")
             ours = restore(item, args.out / f"restore_{item['name']}", args.restore_args)
             done[key] = {
                 "image": item["name"],
