@@ -171,6 +171,17 @@ def test_overwrite_replaces_an_existing_output(tmp_path: Path) -> None:
         assert image.size == (29, 23)
 
 
+def _fit_arguments(tmp_path: Path, task: str, extra: list[str]) -> list[str]:
+    """``dip restore``'s fit arguments for a small image (``MASK`` in ``extra``: a mask file)."""
+    from dip_lightning.restore import fit_arguments, parse
+
+    image = noisy(tmp_path / "in.png")
+    mask = write_png(tmp_path / "mask.png", np.full((23, 29), 255, dtype=np.uint8))
+    extra = [str(mask) if e == "MASK" else e for e in extra]
+    cfg = parse([str(image), "-o", str(tmp_path / "out.png"), "--task", task, *extra])
+    return fit_arguments(cfg, plan(cfg.inputs, cfg.output)[0], tmp_path / "run")
+
+
 @pytest.mark.parametrize(
     ("task", "extra", "expected"),
     [
@@ -186,14 +197,7 @@ def test_the_patience_follows_the_task_unless_given(
     tmp_path: Path, task: str, extra: list[str], expected: int | None
 ) -> None:
     """Held-out stopping waits longer where the fit keeps improving slowly (no noise to fit)."""
-    from dip_lightning.restore import fit_arguments, parse
-
-    image = noisy(tmp_path / "in.png")
-    mask = write_png(tmp_path / "mask.png", np.full((23, 29), 255, dtype=np.uint8))
-    extra = [str(mask) if e == "MASK" else e for e in extra]
-    cfg = parse([str(image), "-o", str(tmp_path / "out.png"), "--task", task, *extra])
-    job = plan(cfg.inputs, cfg.output)[0]
-    args = fit_arguments(cfg, job, tmp_path / "run")
+    args = _fit_arguments(tmp_path, task, extra)
     patience = [a.split("=", 1)[1] for a in args if a.startswith("--trainer.callbacks.patience=")]
     assert patience == ([] if expected is None else [str(expected)])
 
@@ -209,13 +213,7 @@ def test_the_patience_follows_the_task_unless_given(
 def test_the_criterion_follows_the_task_unless_given(
     tmp_path: Path, task: str, extra: list[str], callback: str
 ) -> None:
-    from dip_lightning.restore import fit_arguments, parse
-
-    image = noisy(tmp_path / "in.png")
-    mask = write_png(tmp_path / "mask.png", np.full((23, 29), 255, dtype=np.uint8))
-    extra = [str(mask) if e == "MASK" else e for e in extra]
-    cfg = parse([str(image), "-o", str(tmp_path / "out.png"), "--task", task, *extra])
-    args = fit_arguments(cfg, plan(cfg.inputs, cfg.output)[0], tmp_path / "run")
+    args = _fit_arguments(tmp_path, task, extra)
     added = [a for a in args if a.startswith("--trainer.callbacks+=")]
     assert added == [f"--trainer.callbacks+=dip_lightning.callbacks.{callback}"]
     holdout = "--model.init_args.holdout_fraction=0.05"
