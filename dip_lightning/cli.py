@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 import warnings
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from jsonargparse import Namespace, lazy_instance
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -21,6 +21,9 @@ from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.presets import print_presets, resolve_config_args
 from dip_lightning.tasks.base import DIPModule
+
+if TYPE_CHECKING:
+    from dip_lightning.tasks.batched import BatchedDIP
 
 log = logging.getLogger("dip_lightning")
 
@@ -120,6 +123,20 @@ class DIPCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"model": {"class_path": "dip_lightning.tasks.DenoisingDIP"}})
+        parser.add_argument(
+            "--batch.images",
+            type=list[str] | None,
+            default=None,
+            help="fit these images at once, each with the data options (its own network, "
+            "grouped with the others; outputs in <run dir>/<image name>/)",
+        )
+        parser.add_argument(
+            "--batch.seeds",
+            type=int,
+            default=1,
+            help="fit each image with this many model seeds (model.seed, model.seed + 1, ...) "
+            "at once",
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
@@ -185,11 +202,48 @@ class DIPCLI(LightningCLI):
                     f"trainer.max_steps = {steps}: a fit runs a number of optimisation steps; "
                     "give one >= 1 (the stopping iteration)"
                 )
-            model.attach(data)
-            self.check_memory(model)
+            batched = self.batched_model(model, data)
+            if batched is not None:
+                self.model = batched
+                batched.attach()
+                assert batched.grouped is not None
+                self.check_memory(batched.first, batched.grouped, batched.z)
+            else:
+                model.attach(data)
+                self.check_memory(model)
         return super().instantiate_trainer(**kwargs)
 
-    def check_memory(self, model: DIPModule) -> None:
+    def batched_model(self, model: DIPModule, data: SingleImageDataModule) -> BatchedDIP | None:
+        """The batched fit that ``batch.images`` and ``batch.seeds`` ask for, else ``None``."""
+        from dip_lightning.tasks.batched import BatchedDIP, batch_names
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        batch = config.get("batch") or Namespace()
+        images: list[str | None] | None = batch.get("images")
+        seeds = batch.get("seeds", 1)
+        if seeds is None or int(seeds) < 1:
+            raise ConfigError(f"batch.seeds = {seeds} is out of range; use >= 1")
+        if not images and seeds == 1:
+            return None
+        if self.subcommand not in (None, "fit"):
+            raise ConfigError(f"batch.* is for dip fit, not dip {self.subcommand}")
+        images = list(images) if images else [config.data.image]
+        data_options = config.data.as_dict()
+        members: list[DIPModule] = []
+        datas: list[SingleImageDataModule] = []
+        parser = self._parser(self.subcommand)
+        for image in images:
+            for seed in range(int(seeds)):
+                datas.append(SingleImageDataModule(**{**data_options, "image": image}))
+                if not members:  # the first is the model the config built (seed offset 0)
+                    members.append(model)
+                    continue
+                member_config = config.clone()
+                member_config.model.init_args.seed = model.seed + seed
+                members.append(parser.instantiate_classes(member_config).model)
+        return BatchedDIP(members, datas, batch_names(images, int(seeds)))
+
+    def check_memory(self, model: DIPModule, net: Any = None, z: Any = None) -> None:
         """Refuse, in one line, a fit whose estimated peak memory exceeds what is available."""
         import torch
 
@@ -199,9 +253,11 @@ class DIPCLI(LightningCLI):
         precision = str(trainer.get("precision") or "32-true")
         accelerator = str(trainer.get("accelerator") or "auto")
         on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-        assert model.net is not None and model.crop_box is not None
+        net = model.net if net is None else net
+        z = model.z if z is None else z
+        assert net is not None and model.crop_box is not None
         box = model.crop_box
-        estimate = check_fit_memory(model.net, model.z, precision, on_gpu, (box.height, box.width))
+        estimate = check_fit_memory(net, z, precision, on_gpu, (box.height, box.width))
         log.debug("estimated peak memory: %s", estimate)
 
     def after_fit(self) -> None:

@@ -12,7 +12,8 @@ the error on 5% of the observed pixels left out of the fit (see
 :mod:`dip_lightning.callbacks.stopping`). The image of the step the criterion selects is written,
 atomically, with the input's size (times ``--scale``), mode and bit depth. With several inputs, an
 input that fails gets its one error line and the others are still restored; the exit status is
-then 2.
+then 2. ``--batch-size K`` fits up to ``K`` inputs of one size at once as one grouped network
+(:class:`~dip_lightning.tasks.batched.BatchedDIP`), each stopping by itself.
 """
 
 from __future__ import annotations
@@ -174,6 +175,13 @@ def restore_parser() -> ArgumentParser:
         default=None,
         help="Keep each fit's TensorBoard run and checkpoint under this folder.",
     )
+    option(
+        "batch_size",
+        type=int,
+        default=1,
+        help="Fit up to this many inputs of one size at once, as one grouped network (faster "
+        "on a GPU for small images; on a CPU one at a time is as fast).",
+    )
     option("resume", type=str | None, default=None, help="Continue from this checkpoint.")
     option("overwrite", action=ActionYesNo, default=False, help="Replace existing outputs.")
     option(
@@ -319,55 +327,90 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
     return args
 
 
-def restore_one(cfg: Namespace, job: Job, inputs: list[Path]) -> dict[str, Any]:
-    """Restore ``job.input`` into ``job.output``; its metrics. Raises :class:`DIPError`."""
+def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[dict[str, Any]]:
+    """Restore each of ``jobs`` into its output, in one fit (a batched one for several jobs);
+    their metrics. Raises :class:`DIPError`."""
+    import json
+
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from dip_lightning.cli import DIPCLI
+    from dip_lightning.tasks.batched import batch_names
 
-    check_output(job, inputs, cfg.overwrite)
-    if not job.input.exists():
-        raise ConfigError(f"cannot read image: {job.input}: no such file")
+    for job in jobs:
+        check_output(job, inputs, cfg.overwrite)
+        if not job.input.exists():
+            raise ConfigError(f"cannot read image: {job.input}: no such file")
     scratch = cfg.logdir is None
     run_dir = Path(tempfile.mkdtemp(prefix="dip-restore-")) if scratch else Path(cfg.logdir)
+    args = fit_arguments(cfg, jobs[0], run_dir)
+    folders = [""]
+    if len(jobs) > 1:
+        images = [str(job.input) for job in jobs]
+        args.append(f"--batch.images={json.dumps(images)}")
+        folders = batch_names(images, 1)
     keep = False
     try:
-        cli = DIPCLI(args=fit_arguments(cfg, job, run_dir), run=False)
+        cli = DIPCLI(args=args, run=False)
         trainer = cli.trainer
         directory = Path(trainer.log_dir or trainer.default_root_dir)
         try:
             trainer.fit(cli.model, cli.datamodule, ckpt_path=cfg.resume)
         except (KeyboardInterrupt, SIGTERMException):
             keep = True
-            partial = directory / "restored.png"
-            if partial.exists():
-                job.output.parent.mkdir(parents=True, exist_ok=True)
-                _copy_atomically(partial, job.output)
-                log.warning(
-                    "interrupted: wrote the best output so far to %s; continue with the same "
-                    "command and --resume %s",
-                    job.output,
-                    directory / "checkpoints" / "last.ckpt",
-                )
+            for job, folder in zip(jobs, folders, strict=True):
+                partial = directory / folder / "restored.png"
+                if partial.exists():
+                    job.output.parent.mkdir(parents=True, exist_ok=True)
+                    _copy_atomically(partial, job.output)
+                    log.warning("interrupted: wrote the best output so far to %s", job.output)
+            log.warning(
+                "continue with the same command and --resume %s",
+                directory / "checkpoints" / "last.ckpt",
+            )
             raise
-        import json
-
-        metrics = json.loads((directory / "metrics.json").read_text())
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        _copy_atomically(directory / "restored.png", job.output)
-        metrics.update(input=str(job.input), output=str(job.output))
-        log.info(
-            "%s -> %s (step %s of %s%s)",
-            job.input,
-            job.output,
-            metrics.get("selected_step"),
-            metrics.get("steps"),
-            f", psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else "",
-        )
-        return metrics
+        results = []
+        for job, folder in zip(jobs, folders, strict=True):
+            metrics = json.loads((directory / folder / "metrics.json").read_text())
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomically(directory / folder / "restored.png", job.output)
+            metrics.update(input=str(job.input), output=str(job.output))
+            if len(jobs) > 1:
+                metrics["batch"] = len(jobs)
+            log.info(
+                "%s -> %s (step %s of %s%s)",
+                job.input,
+                job.output,
+                metrics.get("selected_step"),
+                metrics.get("steps"),
+                f", psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else "",
+            )
+            results.append(metrics)
+        return results
     finally:
         if scratch and not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """``jobs`` in batches of at most ``size`` inputs of one size and mode (in input order
+    within each size; an input that cannot be read is a batch of its own, to fail alone)."""
+    from PIL import Image
+
+    groups: dict[Any, list[list[Job]]] = {}
+    order: list[list[Job]] = []
+    for index, job in enumerate(jobs):
+        try:
+            with Image.open(job.input) as image:
+                key: Any = (image.size, image.mode)
+        except (OSError, ValueError):
+            key = ("unreadable", index)
+        runs = groups.setdefault(key, [])
+        if not runs or len(runs[-1]) >= size:
+            runs.append([])
+            order.append(runs[-1])
+        runs[-1].append(job)
+    return order
 
 
 def _copy_atomically(source: Path, target: Path) -> None:
@@ -431,21 +474,27 @@ def _restore_all(cfg: Namespace) -> None:
     if cfg.resume and len(jobs) > 1:
         raise ConfigError("--resume continues one fit; give the one input it belongs to")
     inputs = [job.input for job in jobs]
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is out of range; use >= 1")
+    if cfg.resume and cfg.batch_size > 1:
+        raise ConfigError("--resume continues one fit; leave out --batch-size")
     results: dict[str, dict[str, Any]] = {}
     failed = 0
-    for job in jobs:
+    for batch in batches(jobs, cfg.batch_size):
+        names = ", ".join(str(job.input) for job in batch)
         try:
-            results[str(job.input)] = restore_one(cfg, job, inputs)
+            for job, metrics in zip(batch, restore_batch(cfg, batch, inputs), strict=True):
+                results[str(job.input)] = metrics
         except Exception as exc:
             error = user_error(exc)
             if error is None or len(jobs) == 1:
                 raise
-            sys.stderr.write(f"error: {job.input}: {error}\n")
-            failed += 1
+            sys.stderr.write(f"error: {names}: {error}\n")
+            failed += len(batch)
         except SystemExit as exc:  # a parser error of the fit, already printed
             if len(jobs) == 1 or exc.code in (0, None):
                 raise
-            failed += 1
+            failed += len(batch)
     if cfg.metrics and results:
         single = len(jobs) == 1
         atomic_write_json(cfg.metrics, next(iter(results.values())) if single else results)

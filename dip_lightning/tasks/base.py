@@ -260,6 +260,11 @@ class DIPModule(LightningModule):
         self._guard_saved: list[torch.Tensor] = []
         self._bad: torch.Tensor | None = None
         self._log_every = 50
+        #: every step counts as diverged (rolled back, kept out of the outputs): set on an image
+        #: of a batched fit that has stopped while the others go on
+        self.halted = False
+        self._log_to: tuple[LightningModule, str] | None = None
+        self._parameters_count = 0
 
     # ------------------------------------------------------------------ task hooks
 
@@ -376,8 +381,9 @@ class DIPModule(LightningModule):
 
     @property
     def parameters_count(self) -> int:
-        """Trainable parameters of the network."""
-        assert self.net is not None
+        """Trainable parameters of the network (of this image's network in a batched fit)."""
+        if self.net is None:
+            return self._parameters_count
         return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -446,16 +452,30 @@ class DIPModule(LightningModule):
         return z + noise * self.sigma_p
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """The restored image for input ``z``, cropped to the output size, in float32."""
+        """The restored image for input ``z``, cropped to the output size, in the buffers'
+        precision (float32 under mixed precision)."""
         assert self.net is not None and self.crop_box is not None
         box = self.crop_box
         x = self._compiled[0](z) if self._compiled else self.net(z)
-        return x[..., box.top : box.bottom, box.left : box.right].float()
+        return x[..., box.top : box.bottom, box.left : box.right].to(self.last_output.dtype)
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """:meth:`LightningModule.log`; in a batched fit (:class:`BatchedDIP`), the batched
+        module logs it under this image's name instead."""
+        if self._log_to is not None:
+            parent, prefix = self._log_to
+            kwargs["prog_bar"] = False
+            parent.log(f"{prefix}/{name}", value, *args, **kwargs)
+            return
+        super().log(name, value, *args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.fit_step(self(self.perturbed_input()), self.global_step + 1)
+
+    def fit_step(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The loss of step ``step`` for the network's output ``x`` (cropped, float32); also
+        updates the output average, the divergence check and the peak tracking, and logs."""
         assert self.degradation is not None
-        step = self.global_step + 1
-        x = self(self.perturbed_input())
         prediction = self.degradation(x)
         data = self.fitted_data_term(prediction)
         extra = self.regularization(x)
@@ -483,6 +503,8 @@ class DIPModule(LightningModule):
         observed_mse = data if self.loss_name == "mse" else F.mse_loss(prediction, self.observation)
         psnr_observed = -10.0 * torch.log10(observed_mse.clamp_min(1e-12))
         bad = ~torch.isfinite(loss)
+        if self.halted:
+            bad = torch.ones_like(bad)
         if self.guard_drop_db is not None:
             bad = bad | (psnr_observed < self.guard_psnr - self.guard_drop_db)
         self._bad = bad

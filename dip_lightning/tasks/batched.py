@@ -1,0 +1,464 @@
+"""``BatchedDIP``: several fits of one config (several images, or seeds of one) run at once.
+
+Each image keeps its own :class:`~dip_lightning.tasks.DIPModule` (a *member*: its observation,
+``z``, perturbation generator, output average, peak and guard state), but the ``K`` networks run
+as one grouped module (:func:`~dip_lightning.networks.group_networks`): one forward, one
+backward and one optimizer step per step for all of them. Every parameter of the grouped module
+is the ``K`` networks' parameters concatenated, and the loss is the sum of the members' losses,
+so each network gets the gradient of its own loss, its own batch-normalisation statistics and,
+with an element-wise optimizer such as Adam, its own optimizer state: in float64 a batched fit
+gives the images of the separate fits to about ``1e-10``.
+
+Per image, as in a separate fit:
+
+* the divergence guard rolls back that network's block of every parameter only;
+* the stopping criteria in ``trainer.callbacks`` are copied for each member, and an image whose
+  criterion stops is *halted*: its network is rolled back every step and its output kept,
+  while the others go on; the fit ends when every image has stopped (or at ``max_steps``);
+* ``restored.png`` and ``metrics.json`` are written into a folder of the run directory named
+  after the image (``<run dir>/<name>/``), and the run directory's ``metrics.json`` lists them;
+* scalars are logged under ``<name>/`` (``<name>/psnr``, ``<name>/train/loss``, ...).
+
+Two things differ from separate fits: the learning rate is shared, so where the divergence
+policy of a separate fit would lower it, the batched fit halts that image instead (with a
+warning naming it); and image and FBC logging to TensorBoard are off.
+
+Built by ``dip fit --batch.images [a.png,b.png] --batch.seeds N`` and
+``dip restore a.png b.png --batch-size K``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory
+from dip_lightning.callbacks.checkpoint import save_checkpoint_atomically
+from dip_lightning.callbacks.fbc import FBCLogger
+from dip_lightning.callbacks.images import ImageLogger
+from dip_lightning.callbacks.stopping import StoppingCriterion
+from dip_lightning.data.datamodule import SingleImageDataModule
+from dip_lightning.errors import ConfigError
+from dip_lightning.io_utils import atomic_write_json
+from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
+from dip_lightning.tasks.base import DIVERGENCE_CHECK_EVERY, DIPModule, _wants_fused
+
+__all__ = ["BatchedDIP", "MemberTrainer", "batch_names"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_names(images: Sequence[str | None], seeds: int) -> list[str]:
+    """The folder name of each fit of ``images`` x ``range(seeds)``: the image's file stem
+    (``cat`` for the embedded sample), with ``_seed<s>`` for ``seeds > 1`` and a number where
+    two stems are equal.
+
+    >>> batch_names(["a/x.png", "b/x.jpg", "y.png"], 1)
+    ['x_1', 'x_2', 'y']
+    >>> batch_names([None], 2)
+    ['cat_seed0', 'cat_seed1']
+    """
+    stems = [Path(image).stem if image else "cat" for image in images]
+    unique = []
+    for index, stem in enumerate(stems):
+        repeated = stems.count(stem) > 1
+        unique.append(f"{stem}_{stems[: index + 1].count(stem)}" if repeated else stem)
+    if seeds == 1:
+        return unique
+    return [f"{stem}_seed{seed}" for stem in unique for seed in range(seeds)]
+
+
+class MemberTrainer:
+    """The trainer as one image's callbacks see it: its own callbacks, run directory (a folder
+    of the batched run's) and ``should_stop``; no loggers; everything else is the trainer's."""
+
+    def __init__(self, trainer: Trainer, name: str, callbacks: list[Callback]) -> None:
+        self._trainer = trainer
+        self.name = name
+        self.callbacks = callbacks
+        self.should_stop = False
+        self.loggers: list[Any] = []
+        self.logger = None
+
+    @property
+    def log_dir(self) -> str:
+        return str(run_directory(self._trainer) / self.name)
+
+    @property
+    def default_root_dir(self) -> str:
+        return self.log_dir
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+
+class BatchedCallbacks(Callback):
+    """Runs each image's callbacks (a :class:`RunArtifacts` and copies of the trainer's stopping
+    criteria) with its :class:`MemberTrainer`, halts an image whose criterion stops, saves their
+    state in the checkpoint and writes the run directory's ``metrics.json``."""
+
+    def __init__(self, criteria: list[StoppingCriterion]) -> None:
+        self.criteria = criteria
+        self.trainers: list[MemberTrainer] = []
+        self._loaded: list[dict[str, Any]] | None = None
+        self._start = 0.0
+
+    def _build(self, trainer: Trainer, module: BatchedDIP) -> None:
+        if self.trainers:
+            return
+        for name in module.names:
+            callbacks: list[Callback] = [RunArtifacts()]
+            callbacks += [copy.deepcopy(criterion) for criterion in self.criteria]
+            self.trainers.append(MemberTrainer(trainer, name, callbacks))
+        self._load_members()
+
+    def _each(
+        self, hook: str, pl_module: LightningModule, *args: Any, reverse: bool = False
+    ) -> None:
+        module: BatchedDIP = pl_module  # type: ignore[assignment]
+        pairs = list(zip(self.trainers, module.dip_members(), strict=True))
+        for member_trainer, member in reversed(pairs) if reverse else pairs:
+            for callback in member_trainer.callbacks:
+                getattr(callback, hook)(member_trainer, member, *args)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._build(trainer, pl_module)  # type: ignore[arg-type]
+        self._each("setup", pl_module, stage)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._each("on_fit_start", pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._each("on_train_start", pl_module)
+        module: BatchedDIP = pl_module  # type: ignore[assignment]
+        for member_trainer, member in zip(self.trainers, module.dip_members(), strict=True):
+            stopped = any(
+                isinstance(c, StoppingCriterion) and c.stop and c.would_stop_step is not None
+                for c in member_trainer.callbacks
+            )
+            member.halted = member.halted or stopped
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._each("on_train_batch_end", pl_module, outputs, batch, idx)
+        module: BatchedDIP = pl_module  # type: ignore[assignment]
+        for member_trainer, member in zip(self.trainers, module.dip_members(), strict=True):
+            if member_trainer.should_stop and not member.halted:
+                member.halted = True
+                log.info("%s: stopped at step %d", member_trainer.name, trainer.global_step)
+        if all(member.halted for member in module.dip_members()):
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._each("on_train_end", pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step == 0 or trainer.sanity_checking:
+            return
+        self._each("on_fit_end", pl_module)
+        self.write_summary(trainer, pl_module)  # type: ignore[arg-type]
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._each("teardown", pl_module, stage, reverse=True)  # signal handlers unwind
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """On Ctrl-C or SIGTERM: one checkpoint of the batched fit, and each image so far."""
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        module: BatchedDIP = pl_module  # type: ignore[assignment]
+        if trainer.global_step == 0 or not self.trainers:
+            return
+        checkpoint = run_directory(trainer) / "checkpoints" / "last.ckpt"
+        save_checkpoint_atomically(trainer, str(checkpoint))
+        for member_trainer, member in zip(self.trainers, module.dip_members(), strict=True):
+            artifacts = member_trainer.callbacks[0]
+            assert isinstance(artifacts, RunArtifacts)
+            artifacts.write(member_trainer, member, interrupted=True)  # type: ignore[arg-type]
+        log.warning(
+            "interrupted at step %d: wrote each image so far into %s; continue with --ckpt_path %s",
+            trainer.global_step,
+            run_directory(trainer),
+            checkpoint,
+        )
+
+    def write_summary(self, trainer: Trainer, module: BatchedDIP) -> None:
+        """The run directory's ``metrics.json``: the batch and each image's metrics."""
+        images = {}
+        for member_trainer in self.trainers:
+            path = Path(member_trainer.log_dir) / "metrics.json"
+            if path.exists():
+                import json
+
+                images[member_trainer.name] = json.loads(path.read_text())
+        artifacts = self.trainers[0].callbacks[0] if self.trainers else None
+        per_step = artifacts.seconds_per_step() if isinstance(artifacts, RunArtifacts) else None
+        summary = {
+            "batch": len(module.members),
+            "steps": int(trainer.global_step),
+            "seconds": round(time.perf_counter() - self._start, 3),
+            "seconds_per_step": per_step,
+            "images": images,
+        }
+        atomic_write_json(run_directory(trainer) / "metrics.json", summary)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "members": [
+                {c.state_key: c.state_dict() for c in member.callbacks} for member in self.trainers
+            ]
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict.get("members")
+        if self.trainers:  # already built: hand the states on now
+            self._load_members()
+
+    def _load_members(self) -> None:
+        if self._loaded is None:
+            return
+        for member, states in zip(self.trainers, self._loaded, strict=True):
+            for callback in member.callbacks:
+                if callback.state_key in states:
+                    callback.load_state_dict(states[callback.state_key])
+        self._loaded = None
+
+
+class BatchedDIP(LightningModule):
+    """Fit ``members`` (DIP modules of one config), each to its ``datas`` image, at once.
+
+    Args:
+        members: one task module per fit, built from the same config (seeds may differ).
+        datas: the data module of each member.
+        names: each member's name: its logging prefix and the folder of its outputs.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[DIPModule],
+        datas: Sequence[SingleImageDataModule],
+        names: Sequence[str],
+    ) -> None:
+        super().__init__()
+        if not members or not len(members) == len(datas) == len(names):
+            raise ValueError("give one data module and one name per member")
+        if len(set(names)) != len(names):
+            raise ValueError(f"the members' names must differ, got {list(names)}")
+        self.members = torch.nn.ModuleList(members)
+        self.datas = list(datas)
+        self.names = list(names)
+        self.grouped: GroupedNetwork | None = None
+        self._guard_saved: list[torch.Tensor] = []
+        self._compiled: list[torch.nn.Module] = []
+
+    @property
+    def first(self) -> DIPModule:
+        member = self.members[0]
+        assert isinstance(member, DIPModule)
+        return member
+
+    def dip_members(self) -> list[DIPModule]:
+        return [m for m in self.members if isinstance(m, DIPModule)]
+
+    # ------------------------------------------------------------------ building
+
+    def attach(self) -> None:
+        """Attach every member to its data and merge their networks into one grouped module."""
+        if self.grouped is not None:
+            return
+        members = self.dip_members()
+        for member, data, name in zip(members, self.datas, self.names, strict=True):
+            member.attach(data)
+            member._log_to = (self, name)
+        first = members[0]
+        for member, name in zip(members[1:], self.names[1:], strict=True):
+            if member.z.shape != first.z.shape or member.crop_box != first.crop_box:
+                assert first.crop_box is not None and member.crop_box is not None
+                raise ConfigError(
+                    f"a batched fit needs images of one size and mode: {self.names[0]} gives "
+                    f"{first.crop_box.width}x{first.crop_box.height} with "
+                    f"{first.observation.shape[1]} channels, {name} "
+                    f"{member.crop_box.width}x{member.crop_box.height} with "
+                    f"{member.observation.shape[1]} channels; fit them in separate batches"
+                )
+        nets = [member.net for member in members]
+        try:
+            self.grouped = group_networks([net for net in nets if net is not None])
+        except ValueError as exc:
+            raise ConfigError(f"this network cannot be batched: {exc}; fit one at a time") from None
+        for member in members:
+            member._parameters_count = member.parameters_count
+            member.net = None
+
+    def setup(self, stage: str) -> None:
+        self.attach()
+        for member in self.dip_members():
+            member.trainer = self.trainer
+
+    @property
+    def z(self) -> torch.Tensor:
+        """The grouped network's input: the members' ``z`` stacked along channels."""
+        return torch.cat([member.z for member in self.dip_members()], 1)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        assert self.grouped is not None
+        first = self.first
+        optimizer = first.optimizer_factory(self.grouped.parameters())
+        if _wants_fused(optimizer, self.grouped):
+            optimizer = type(optimizer)(
+                self.grouped.parameters(), **{**optimizer.defaults, "fused": True}
+            )
+        for group in optimizer.param_groups:
+            group["lr"] = first.lr
+            group["initial_lr"] = first.lr
+        return optimizer
+
+    def configure_callbacks(self) -> list[Callback]:
+        # the trainer's stopping criteria act per image: each member gets its own copies
+        callbacks = self.trainer.callbacks  # type: ignore[attr-defined]
+        criteria = [c for c in callbacks if isinstance(c, StoppingCriterion)]
+        dropped = [c for c in callbacks if isinstance(c, (FBCLogger, ImageLogger))]
+        for callback in criteria + dropped:
+            callbacks.remove(callback)
+        if dropped:
+            log.warning(
+                "a batched fit logs no images or FBC bands; %s not used",
+                ", ".join(type(c).__name__ for c in dropped),
+            )
+        return [BatchedCallbacks(criteria)]
+
+    # ------------------------------------------------------------------ the loop
+
+    def on_fit_start(self) -> None:
+        every = max(int(getattr(self.trainer, "log_every_n_steps", 50)), 1)
+        for member in self.dip_members():
+            member.on_fit_start()
+            member._log_every = every
+        first = self.first
+        assert self.grouped is not None
+        if first.channels_last:
+            self.grouped.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if first.compile_net and not self._compiled:
+            self._compiled.append(torch.compile(self.grouped))  # type: ignore[arg-type]
+
+    def on_train_start(self) -> None:
+        self._guard_saved = [t.to(self.device) for t in self._guard_saved]
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's output (cropped, in its buffers' precision) for the stacked ``z``."""
+        assert self.grouped is not None
+        y = self._compiled[0](z) if self._compiled else self.grouped(z)
+        outputs = []
+        members = self.dip_members()
+        for member, out in zip(members, split_output(y, len(members)), strict=True):
+            box = member.crop_box
+            assert box is not None
+            crop = out[..., box.top : box.bottom, box.left : box.right]
+            outputs.append(crop.to(member.last_output.dtype))
+        return outputs
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        step = self.global_step + 1
+        members = self.dip_members()
+        z = torch.cat([member.perturbed_input() for member in members], 1)
+        if self.first.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        losses = [member.fit_step(x, step) for member, x in zip(members, self(z), strict=True)]
+        loss = torch.stack(losses).sum()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def on_after_backward(self) -> None:
+        """Roll back the block of each parameter that belongs to an image whose step diverged
+        (or that has stopped), and keep the others; then the per-image divergence policy."""
+        first = self.first
+        members = self.dip_members()
+        if first.guard_drop_db is None and not any(m.halted for m in members):
+            return
+        if any(member._bad is None for member in members) or self.grouped is None:
+            return
+        bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
+        params = [p for p in self.grouped.parameters() if p.requires_grad]
+        with torch.no_grad():
+            if not self._guard_saved:
+                self._guard_saved = [p.detach().clone() for p in params]
+            for param, saved in zip(params, self._guard_saved, strict=True):
+                rows = bad.repeat_interleave(param.shape[0] // len(members))
+                rows = rows.view(-1, *([1] * (param.dim() - 1)))
+                param.copy_(torch.where(rows, saved, param))
+                saved.copy_(param)
+                if param.grad is not None:
+                    param.grad.masked_fill_(rows, 0.0)
+            for member in members:
+                assert member._bad is not None
+                if member.halted:
+                    continue
+                member.guard_psnr.copy_(
+                    torch.where(member._bad, member.guard_psnr, member._psnr_observed)
+                )
+                member.recoveries.add_(member._bad.long())
+                member._count_failed_run(member._bad)
+        step = self.global_step + 1
+        limit = first.max_recoveries
+        if limit is not None and step % min(limit, DIVERGENCE_CHECK_EVERY) == 0:
+            self.apply_divergence_policy(step, limit)
+
+    def apply_divergence_policy(self, step: int, limit: int) -> None:
+        """Halt an image whose network was rolled back ``limit`` steps in a row (the learning
+        rate is shared, so it cannot be lowered for one image alone)."""
+        for member, name in zip(self.dip_members(), self.names, strict=True):
+            if member._worst_run is None or member._failed_run is None or member.halted:
+                continue
+            worst = int(member._worst_run)
+            member._worst_run.copy_(member._failed_run)
+            if worst >= limit:
+                member.halted = True
+                member.stopped_on_divergence = True
+                log.warning(
+                    "%s: stopped at step %d: %d steps in a row diverged and were rolled back; "
+                    "kept the output of the good steps; fit it alone (its learning rate is "
+                    "then lowered) or with a lower model.lr",
+                    name,
+                    step,
+                    worst,
+                )
+        if all(member.halted for member in self.dip_members()):
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = []
+        for member in self.dip_members():
+            state: dict[str, Any] = {}
+            member.on_save_checkpoint(state)
+            states.append(
+                {
+                    **state["dip_state"],
+                    "halted": member.halted,
+                    "stopped_on_divergence": member.stopped_on_divergence,
+                }
+            )
+        checkpoint["dip_batch"] = {
+            "members": states,
+            "guard_saved": [t.cpu() for t in self._guard_saved],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        batch = checkpoint.get("dip_batch", {})
+        self._guard_saved = list(batch.get("guard_saved", []))
+        for member, state in zip(self.dip_members(), batch.get("members", []), strict=False):
+            member.on_load_checkpoint({"dip_state": state})
+            member.halted = bool(state.get("halted", False))
+            member.stopped_on_divergence = bool(state.get("stopped_on_divergence", False))
