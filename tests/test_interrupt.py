@@ -71,3 +71,30 @@ def test_interrupt_saves_and_resume_matches(tmp_path: Path, rgb_png: Path, sig: 
     resumed = np.array(Image.open(resumed_root / "lightning_logs/run/restored.png"))
     whole = np.array(Image.open(whole_root / "lightning_logs/run/restored.png"))
     assert np.array_equal(resumed, whole)
+
+
+def test_interrupting_a_batched_fit_writes_every_image(tmp_path: Path, rgb_png: Path) -> None:
+    other = tmp_path / "other.png"
+    Image.open(rgb_png).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    root = tmp_path / "interrupted"
+    run = root / "lightning_logs" / "run"
+    images = json.dumps([str(rgb_png), str(other)])
+    args = fit_args(root, f"--batch.images={images}", "--trainer.max_steps", "100000")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dip_lightning", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for_training(run, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, output
+    assert "interrupted at step" in output
+    for name in ("rgb", "other"):
+        metrics = json.loads((run / name / "metrics.json").read_text())
+        assert metrics["interrupted"] is True and metrics["steps"] >= 200
+        assert (run / name / "restored.png").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()

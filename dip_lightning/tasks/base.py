@@ -430,9 +430,11 @@ class DIPModule(LightningModule):
     def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """Standard normal numbers in the layout of ``z`` (channels-last when it is).
 
-        The numbers are drawn in the contiguous layout and then laid out like ``z``, so a fit
-        draws the same perturbation with or without ``channels_last``."""
-        values = torch.randn(shape, generator=generator, device=self.z.device)
+        The numbers are drawn in float32 and in the contiguous layout, then converted and laid
+        out like ``z``, so a fit draws the same perturbation with or without ``channels_last``
+        and in any precision."""
+        values = torch.randn(shape, generator=generator, device=self.z.device, dtype=torch.float32)
+        values = values.to(self.z.dtype)  # float32 draws in a float64 fit too: the same numbers
         if self.channels_last:
             return values.contiguous(memory_format=torch.channels_last)
         return values
