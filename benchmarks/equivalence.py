@@ -10,6 +10,10 @@ difference stays within ``--tolerance`` (0.2 dB) on every image.
 
     python benchmarks/equivalence.py --images 3 --crop 96 --steps 1200 --out equivalence
 
+With the variant ``fit-fp64`` (the fp32 fit in float64) a second table gives every run's largest
+difference to the float64 curve, the fp32 baseline's included: how far from exact arithmetic
+each one is.
+
 Every fit's curve is kept in ``--out`` (``<image>/<variant>.json``); a run found there with the
 same arguments is reused, so an interrupted benchmark continues where it stopped. Prints a
 markdown table and writes ``equivalence.json``.
@@ -188,10 +192,40 @@ def main(argv: list[str] | None = None) -> None:
         ]
         yes = "yes" if verdicts[variant] else "no"
         print(f"| {variant} | " + " | ".join(cells) + f" | {yes} |")
+    exact_rows = against_float64(images, args) if "fit-fp64" in args.variants else []
     (args.out / "equivalence.json").write_text(
-        json.dumps({"tolerance_db": args.tolerance, "rows": rows, "equivalent": verdicts}, indent=2)
+        json.dumps(
+            {
+                "tolerance_db": args.tolerance,
+                "rows": rows,
+                "equivalent": verdicts,
+                "against_float64": exact_rows,
+            },
+            indent=2,
+        )
         + "\n"
     )
+
+
+def against_float64(images: list[Path], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Print and return each run's largest difference to the float64 curve (exact arithmetic,
+    as far as a fit goes), at every ``--every``-th step up to the float64 run's peak: how far
+    the fp32 baseline itself is from it, beside the options."""
+    rows = []
+    variants = ["fit-fp32", *(v for v in args.variants if v != "fit-fp64")]
+    for image in images:
+        exact = run(image, "fit-fp64", args.steps, args.out)
+        for variant in variants:
+            other = run(image, variant, args.steps, args.out)
+            rows.append({"image": image.stem, "variant": variant,
+                         **compare(exact["psnr"], other["psnr"], args.every)})  # fmt: skip
+    print("\nlargest PSNR difference to the float64 fit, up to its peak\n")
+    print("| run | " + " | ".join(image.stem for image in images) + " |")
+    print("|---|" + "---|" * len(images))
+    for variant in variants:
+        cells = [f"{r['max_difference_db']:.2f} dB" for r in rows if r["variant"] == variant]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    return rows
 
 
 if __name__ == "__main__":
