@@ -17,14 +17,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from speed import CONFIGS as PAPER_CONFIGS
-from speed import REPO, _device, _peak_memory_gib, _test_image
+from speed import _device, _peak_memory_gib, fit_seconds_per_step, measure_in_subprocess
 
 #: ``cpu``: the CPU-size denoising network of ``configs/denoise.yaml`` (64 channels); the others
 #: are the paper's networks of ``benchmarks/speed.py``.
@@ -34,72 +31,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(config: str, size: int, batch: int, steps: int, warmup: int, batched: bool) -> float:
-    """Median seconds per step of ``dip fit`` with ``batch`` seeds (or one ordinary fit)."""
-    from dip_lightning.callbacks import RunArtifacts
-    from dip_lightning.cli import DIPCLI
-    from dip_lightning.tasks.batched import BatchedCallbacks
-
-    spec = CONFIGS[config]
-    with tempfile.TemporaryDirectory() as work:
-        image = _test_image(size, Path(work))
-        args = [
-            "--config",
-            str(REPO / spec["config"]),
-            "--data.image",
-            str(image),
-            "--data.clean",
-            "null",
-            *spec["data"],
-            f"--trainer.max_steps={warmup + steps + 1}",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--trainer.logger=false",
-            f"--trainer.default_root_dir={work}",
-        ]
-        if batched:
-            args += [f"--batch.images={json.dumps([str(image)])}", f"--batch.seeds={batch}"]
-        cli = DIPCLI(args=args, run=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]
-        if batched:
-            driver = next(c for c in callbacks if isinstance(c, BatchedCallbacks))
-            timer = driver.trainers[0].callbacks[0]
-        else:
-            timer = next(c for c in callbacks if isinstance(c, RunArtifacts))
-        assert isinstance(timer, RunArtifacts)
-        timer.warmup = warmup
-        seconds = timer.seconds_per_step()
-        assert seconds is not None
-        return seconds
-
-
 def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
-    seconds = run(
-        spec["config"],
-        spec["size"],
-        spec["batch"],
-        spec["steps"],
-        spec["warmup"],
-        spec["variant"] == "batched",
+    """One row: ``dip fit`` with ``batch`` seeds as one grouped network, or one ordinary fit."""
+
+    def batched(image: Path) -> list[str]:
+        return [f"--batch.images={json.dumps([str(image)])}", f"--batch.seeds={spec['batch']}"]
+
+    extra = batched if spec["variant"] == "batched" else (lambda image: [])
+    seconds = fit_seconds_per_step(
+        CONFIGS[spec["config"]], spec["size"], spec["steps"], spec["warmup"], extra
     )
+    assert seconds is not None
     device = _device()
     return {**spec, "seconds_per_step": seconds, "device": device,
             "peak_gib": round(_peak_memory_gib(device), 3)}  # fmt: skip
-
-
-def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any] | None:
-    done = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        print(f"{spec}: failed\n{done.stderr[-2000:]}", flush=True)
-        return None
-    return json.loads(lines[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     turns: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(specs))}
     for turn in range(args.repeats):
         for index, spec in enumerate(specs):
-            result = measure_in_subprocess(spec)
+            result = measure_in_subprocess(spec, script=__file__)
             if result is not None:
                 turns[index].append(result)
                 print(

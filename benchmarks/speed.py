@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,11 +214,28 @@ def run_authors(config: str, size: int, steps: int, warmup: int, checkout: str) 
 
 
 def run_fit(config: str, variant: str, size: int, steps: int, warmup: int) -> dict[str, Any]:
-    """``dip fit`` through the CLI parser, timed by its own RunArtifacts callback."""
+    """``dip fit`` with the variant's switches."""
+    seconds = fit_seconds_per_step(
+        CONFIGS[config], size, steps, warmup, lambda image: FIT_VARIANTS[variant]
+    )
+    return {"seconds_per_step": seconds, "device": _device()}
+
+
+def fit_seconds_per_step(
+    spec: dict[str, Any],
+    size: int,
+    steps: int,
+    warmup: int,
+    extra: Callable[[Path], list[str]],
+) -> float | None:
+    """``dip fit`` of ``spec`` (an entry of :data:`CONFIGS`) on the sample image resized to
+    ``size``, through the CLI parser, with the arguments ``extra(image)``; the median seconds
+    per step after ``warmup`` steps, timed by its own RunArtifacts callback (the first image's
+    in a batched fit)."""
     from dip_lightning.callbacks import RunArtifacts
     from dip_lightning.cli import DIPCLI
+    from dip_lightning.tasks.batched import BatchedCallbacks
 
-    spec = CONFIGS[config]
     with tempfile.TemporaryDirectory() as work:
         image = _test_image(size, Path(work))
         args = [
@@ -238,13 +256,18 @@ def run_fit(config: str, variant: str, size: int, steps: int, warmup: int) -> di
             "false",
             "--trainer.default_root_dir",
             work,
-            *FIT_VARIANTS[variant],
+            *extra(image),
         ]
         cli = DIPCLI(args=args, run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-        timer = next(c for c in cli.trainer.callbacks if isinstance(c, RunArtifacts))
+        callbacks = cli.trainer.callbacks  # type: ignore[attr-defined]
+        timer = next((c for c in callbacks if isinstance(c, RunArtifacts)), None)
+        if timer is None:
+            driver = next(c for c in callbacks if isinstance(c, BatchedCallbacks))
+            timer = driver.trainers[0].callbacks[0]
+        assert isinstance(timer, RunArtifacts)
         timer.warmup = warmup
-        return {"seconds_per_step": timer.seconds_per_step(), "device": _device()}
+        return timer.seconds_per_step()
 
 
 def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
@@ -262,10 +285,11 @@ def measure_one(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, **result}
 
 
-def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any] | None:
-    """One measurement in a fresh process (its peak memory is the process's own)."""
+def measure_in_subprocess(spec: dict[str, Any], script: str = __file__) -> dict[str, Any] | None:
+    """One measurement in a fresh process (its peak memory is the process's own): ``script
+    --one SPEC`` prints it as the last JSON line."""
     done = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(spec)],
+        [sys.executable, script, "--one", json.dumps(spec)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},

@@ -23,6 +23,9 @@ from dip_lightning.presets import print_presets, resolve_config_args
 from dip_lightning.tasks.base import DIPModule
 
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from dip_lightning.data.padding import CropBox
     from dip_lightning.tasks.batched import BatchedDIP
 
 log = logging.getLogger("dip_lightning")
@@ -206,11 +209,12 @@ class DIPCLI(LightningCLI):
             if batched is not None:
                 self.model = batched
                 batched.attach()
-                assert batched.grouped is not None
-                self.check_memory(batched.first, batched.grouped, batched.z)
+                assert batched.grouped is not None and batched.first.crop_box is not None
+                self.check_memory(batched.grouped, batched.z, batched.first.crop_box)
             else:
                 model.attach(data)
-                self.check_memory(model)
+                assert model.net is not None and model.crop_box is not None
+                self.check_memory(model.net, model.z, model.crop_box)
         return super().instantiate_trainer(**kwargs)
 
     def batched_model(self, model: DIPModule, data: SingleImageDataModule) -> BatchedDIP | None:
@@ -227,23 +231,26 @@ class DIPCLI(LightningCLI):
             return None
         if self.subcommand not in (None, "fit"):
             raise ConfigError(f"batch.* is for dip fit, not dip {self.subcommand}")
-        images = list(images) if images else [config.data.image]
         data_options = config.data.as_dict()
         members: list[DIPModule] = []
         datas: list[SingleImageDataModule] = []
         parser = self._parser(self.subcommand)
-        for image in images:
+        for image in images or [config.data.image]:
+            # one data module per image, shared by its seeds (the config's own without images)
+            image_data = (
+                SingleImageDataModule(**{**data_options, "image": image}) if images else data
+            )
             for seed in range(int(seeds)):
-                datas.append(SingleImageDataModule(**{**data_options, "image": image}))
+                datas.append(image_data)
                 if not members:  # the first is the model the config built (seed offset 0)
                     members.append(model)
                     continue
                 member_config = config.clone()
                 member_config.model.init_args.seed = model.seed + seed
                 members.append(parser.instantiate_classes(member_config).model)
-        return BatchedDIP(members, datas, batch_names(images, int(seeds)))
+        return BatchedDIP(members, datas, batch_names(images or [config.data.image], int(seeds)))
 
-    def check_memory(self, model: DIPModule, net: Any = None, z: Any = None) -> None:
+    def check_memory(self, net: nn.Module, z: Tensor, box: CropBox) -> None:
         """Refuse, in one line, a fit whose estimated peak memory exceeds what is available."""
         import torch
 
@@ -253,10 +260,6 @@ class DIPCLI(LightningCLI):
         precision = str(trainer.get("precision") or "32-true")
         accelerator = str(trainer.get("accelerator") or "auto")
         on_gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-        net = model.net if net is None else net
-        z = model.z if z is None else z
-        assert net is not None and model.crop_box is not None
-        box = model.crop_box
         estimate = check_fit_memory(net, z, precision, on_gpu, (box.height, box.width))
         log.debug("estimated peak memory: %s", estimate)
 

@@ -395,6 +395,8 @@ def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[d
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:
     """``jobs`` in batches of at most ``size`` inputs of one size and mode (in input order
     within each size; an input that cannot be read is a batch of its own, to fail alone)."""
+    if size == 1:
+        return [[job] for job in jobs]
     from PIL import Image
 
     groups: dict[Any, list[list[Job]]] = {}

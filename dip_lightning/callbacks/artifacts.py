@@ -30,6 +30,14 @@ def run_directory(trainer: Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def save_last_checkpoint(trainer: Trainer) -> Path:
+    """Save the fit, atomically, as ``<run dir>/checkpoints/last.ckpt`` (what ``--ckpt_path``
+    continues from after an interruption); its path."""
+    checkpoint = run_directory(trainer) / "checkpoints" / "last.ckpt"
+    save_checkpoint_atomically(trainer, str(checkpoint))
+    return checkpoint
+
+
 class RunArtifacts(Callback):
     """Time every step and, when the fit ends, write ``restored.png`` and ``metrics.json``.
 
@@ -41,6 +49,8 @@ class RunArtifacts(Callback):
         self.warmup = warmup
         self._ends: list[float] = []
         self._start = 0.0
+        #: what the last :meth:`write` put in ``metrics.json``
+        self.written: dict[str, Any] | None = None
         self._first_step = 0
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -99,9 +109,7 @@ class RunArtifacts(Callback):
         module: DIPModule = pl_module  # type: ignore[assignment]
         if trainer.global_step == 0 or module.sample is None:
             return
-        directory = run_directory(trainer)
-        checkpoint = directory / "checkpoints" / "last.ckpt"
-        save_checkpoint_atomically(trainer, str(checkpoint))
+        checkpoint = save_last_checkpoint(trainer)
         image = self.write(trainer, module, interrupted=True)
         log.warning(
             "interrupted at step %d: wrote %s and %s; continue with --ckpt_path %s",
@@ -197,6 +205,7 @@ class RunArtifacts(Callback):
         restored, _ = selected
         save_image(restored, image_path, like=module.sample.info, alpha=module.sample.alpha)
         atomic_write_json(directory / "metrics.json", metrics)
+        self.written = metrics
         numbers = {
             f"final/{key}": float(value)
             for key, value in metrics.items()
@@ -212,4 +221,4 @@ class RunArtifacts(Callback):
         return image_path
 
 
-__all__ = ["RunArtifacts", "run_directory"]
+__all__ = ["RunArtifacts", "run_directory", "save_last_checkpoint"]

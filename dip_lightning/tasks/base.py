@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -388,12 +388,14 @@ class DIPModule(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         assert self.net is not None
-        optimizer = self.optimizer_factory(self.net.parameters())
-        if _wants_fused(optimizer, self.net):
+        return self.build_optimizer(self.net)
+
+    def build_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimizer over ``net``'s parameters, at ``lr``."""
+        optimizer = self.optimizer_factory(net.parameters())
+        if _wants_fused(optimizer, net):
             # Adam(W) left at its defaults runs fused: the same update, one kernel per step
-            optimizer = type(optimizer)(
-                self.net.parameters(), **{**optimizer.defaults, "fused": True}
-            )
+            optimizer = type(optimizer)(net.parameters(), **{**optimizer.defaults, "fused": True})
         for group in optimizer.param_groups:
             group["lr"] = self.lr
             group["initial_lr"] = self.lr
@@ -543,19 +545,27 @@ class DIPModule(LightningModule):
         bad = self._bad
         params = [p for p in self.net.parameters() if p.requires_grad]
         with torch.no_grad():
-            if not self._guard_saved:
-                self._guard_saved = [p.detach().clone() for p in params]
-            for param, saved in zip(params, self._guard_saved, strict=False):
-                param.copy_(torch.where(bad, saved, param))
-                saved.copy_(param)
-                if param.grad is not None:
-                    param.grad.masked_fill_(bad, 0.0)
-            self.guard_psnr.copy_(torch.where(bad, self.guard_psnr, self._psnr_observed))
-            self.recoveries.add_(bad.long())
-            self._count_failed_run(bad)
+            self._guard_saved = roll_back(params, self._guard_saved, lambda param: bad)
+            self.record_guard(bad)
         step = self.global_step + 1
         if self.max_recoveries is not None and step % self._divergence_every == 0:
             self.apply_divergence_policy(step)
+
+    def record_guard(self, bad: torch.Tensor) -> None:
+        """After the roll-back of a step that was ``bad`` (or not): the guard's reference PSNR,
+        the roll-back count and the run of roll-backs, on the device."""
+        self.guard_psnr.copy_(torch.where(bad, self.guard_psnr, self._psnr_observed))
+        self.recoveries.add_(bad.long())
+        self._count_failed_run(bad)
+
+    def take_worst_run(self) -> int | None:
+        """The longest run of roll-backs since the last call (``None`` before any step); one
+        host sync."""
+        if self._failed_run is None or self._worst_run is None:
+            return None
+        worst = int(self._worst_run)
+        self._worst_run.copy_(self._failed_run)
+        return worst
 
     @property
     def _divergence_every(self) -> int:
@@ -580,11 +590,8 @@ class DIPModule(LightningModule):
         optimizer from the last good parameters, or, after ``max_lr_reductions`` reductions, stop
         the fit (the restored image only ever took in good steps, so it is kept as it is)."""
         assert self.max_recoveries is not None
-        if self._failed_run is None or self._worst_run is None:
-            return
-        worst = int(self._worst_run)  # the one host sync, every few steps
-        self._worst_run.copy_(self._failed_run)
-        if worst < self.max_recoveries:
+        worst = self.take_worst_run()  # the one host sync, every few steps
+        if worst is None or worst < self.max_recoveries:
             return
         optimizers = list(self.trainer.optimizers)
         lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.lr
@@ -607,6 +614,7 @@ class DIPModule(LightningModule):
                 group["lr"] = group["lr"] * self.lr_decay_on_divergence
             optimizer.state.clear()  # a fresh start: no momentum from the diverged steps
         self.lr_reductions += 1
+        assert self._failed_run is not None and self._worst_run is not None
         self._failed_run.zero_()
         self._worst_run.zero_()
         log.warning(
@@ -775,6 +783,26 @@ class DIPModule(LightningModule):
                 lr,
                 lr,
             )
+
+
+def roll_back(
+    params: Sequence[torch.Tensor],
+    saved: list[torch.Tensor],
+    bad_of: Callable[[torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """The divergence guard's roll-back: where ``bad_of(param)`` (a mask broadcasting against
+    ``param``) is true, restore ``param`` from its last good copy in ``saved`` and zero its
+    gradient; then save every parameter as the new last good state. Returns ``saved`` (made on
+    the first call, when it is empty)."""
+    if not saved:
+        saved = [p.detach().clone() for p in params]
+    for param, good in zip(params, saved, strict=False):
+        bad = bad_of(param)
+        param.copy_(torch.where(bad, good, param))
+        good.copy_(param)
+        if param.grad is not None:
+            param.grad.masked_fill_(bad, 0.0)
+    return saved
 
 
 def _wants_fused(optimizer: torch.optim.Optimizer, net: nn.Module) -> bool:

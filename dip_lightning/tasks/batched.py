@@ -40,8 +40,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory
-from dip_lightning.callbacks.checkpoint import save_checkpoint_atomically
+from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory, save_last_checkpoint
 from dip_lightning.callbacks.fbc import FBCLogger
 from dip_lightning.callbacks.images import ImageLogger
 from dip_lightning.callbacks.stopping import StoppingCriterion
@@ -49,7 +48,7 @@ from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
-from dip_lightning.tasks.base import DIVERGENCE_CHECK_EVERY, DIPModule, _wants_fused
+from dip_lightning.tasks.base import DIPModule, roll_back
 
 __all__ = ["BatchedDIP", "MemberTrainer", "batch_names"]
 
@@ -180,8 +179,7 @@ class BatchedCallbacks(Callback):
         module: BatchedDIP = pl_module  # type: ignore[assignment]
         if trainer.global_step == 0 or not self.trainers:
             return
-        checkpoint = run_directory(trainer) / "checkpoints" / "last.ckpt"
-        save_checkpoint_atomically(trainer, str(checkpoint))
+        checkpoint = save_last_checkpoint(trainer)
         for member_trainer, member in zip(self.trainers, module.dip_members(), strict=True):
             artifacts = member_trainer.callbacks[0]
             assert isinstance(artifacts, RunArtifacts)
@@ -195,15 +193,14 @@ class BatchedCallbacks(Callback):
 
     def write_summary(self, trainer: Trainer, module: BatchedDIP) -> None:
         """The run directory's ``metrics.json``: the batch and each image's metrics."""
-        images = {}
-        for member_trainer in self.trainers:
-            path = Path(member_trainer.log_dir) / "metrics.json"
-            if path.exists():
-                import json
-
-                images[member_trainer.name] = json.loads(path.read_text())
-        artifacts = self.trainers[0].callbacks[0] if self.trainers else None
-        per_step = artifacts.seconds_per_step() if isinstance(artifacts, RunArtifacts) else None
+        writers = [(t.name, t.callbacks[0]) for t in self.trainers]
+        images = {
+            name: artifacts.written
+            for name, artifacts in writers
+            if isinstance(artifacts, RunArtifacts) and artifacts.written is not None
+        }
+        first = writers[0][1] if writers else None
+        per_step = first.seconds_per_step() if isinstance(first, RunArtifacts) else None
         summary = {
             "batch": len(module.members),
             "steps": int(trainer.global_step),
@@ -313,16 +310,7 @@ class BatchedDIP(LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         assert self.grouped is not None
-        first = self.first
-        optimizer = first.optimizer_factory(self.grouped.parameters())
-        if _wants_fused(optimizer, self.grouped):
-            optimizer = type(optimizer)(
-                self.grouped.parameters(), **{**optimizer.defaults, "fused": True}
-            )
-        for group in optimizer.param_groups:
-            group["lr"] = first.lr
-            group["initial_lr"] = first.lr
-        return optimizer
+        return self.first.build_optimizer(self.grouped)
 
     def configure_callbacks(self) -> list[Callback]:
         # the trainer's stopping criteria act per image: each member gets its own copies
@@ -341,10 +329,8 @@ class BatchedDIP(LightningModule):
     # ------------------------------------------------------------------ the loop
 
     def on_fit_start(self) -> None:
-        every = max(int(getattr(self.trainer, "log_every_n_steps", 50)), 1)
         for member in self.dip_members():
             member.on_fit_start()
-            member._log_every = every
         first = self.first
         assert self.grouped is not None
         if first.channels_last:
@@ -390,39 +376,30 @@ class BatchedDIP(LightningModule):
             return
         bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
         params = [p for p in self.grouped.parameters() if p.requires_grad]
+
+        def rows(param: torch.Tensor) -> torch.Tensor:  # each network's block of the parameter
+            mask = bad.repeat_interleave(param.shape[0] // len(members))
+            return mask.view(-1, *([1] * (param.dim() - 1)))
+
         with torch.no_grad():
-            if not self._guard_saved:
-                self._guard_saved = [p.detach().clone() for p in params]
-            for param, saved in zip(params, self._guard_saved, strict=True):
-                rows = bad.repeat_interleave(param.shape[0] // len(members))
-                rows = rows.view(-1, *([1] * (param.dim() - 1)))
-                param.copy_(torch.where(rows, saved, param))
-                saved.copy_(param)
-                if param.grad is not None:
-                    param.grad.masked_fill_(rows, 0.0)
+            self._guard_saved = roll_back(params, self._guard_saved, rows)
             for member in members:
                 assert member._bad is not None
-                if member.halted:
-                    continue
-                member.guard_psnr.copy_(
-                    torch.where(member._bad, member.guard_psnr, member._psnr_observed)
-                )
-                member.recoveries.add_(member._bad.long())
-                member._count_failed_run(member._bad)
+                if not member.halted:
+                    member.record_guard(member._bad)
         step = self.global_step + 1
         limit = first.max_recoveries
-        if limit is not None and step % min(limit, DIVERGENCE_CHECK_EVERY) == 0:
+        if limit is not None and step % first._divergence_every == 0:
             self.apply_divergence_policy(step, limit)
 
     def apply_divergence_policy(self, step: int, limit: int) -> None:
         """Halt an image whose network was rolled back ``limit`` steps in a row (the learning
         rate is shared, so it cannot be lowered for one image alone)."""
         for member, name in zip(self.dip_members(), self.names, strict=True):
-            if member._worst_run is None or member._failed_run is None or member.halted:
+            if member.halted:
                 continue
-            worst = int(member._worst_run)
-            member._worst_run.copy_(member._failed_run)
-            if worst >= limit:
+            worst = member.take_worst_run()
+            if worst is not None and worst >= limit:
                 member.halted = True
                 member.stopped_on_divergence = True
                 log.warning(
