@@ -46,6 +46,7 @@ def run(task: str, directory: Path, steps: int | None) -> tuple[Any, Path]:
         "--config",
         str(REPO / "configs" / f"{task}.yaml"),
         f"--trainer.logger.save_dir={directory}",
+        "--trainer.callbacks+=dip_lightning.callbacks.FBCLogger",  # fbc.csv, for the heatmap
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]

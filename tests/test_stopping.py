@@ -24,7 +24,7 @@ from dip_lightning.errors import ConfigError
 
 class FakeModule:
     """What a criterion reads of a DIPModule: the raw output, the restored image, the held-out
-    error and the divergence flag."""
+    error and the divergence flag; and the host read of a log step."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.last_output = torch.zeros(shape)
@@ -33,12 +33,39 @@ class FakeModule:
         self._heldout_mse: torch.Tensor | None = None
         self.holdout_keep: torch.Tensor | None = torch.ones(1)
         self.logged: dict[str, list[float]] = {}
+        self.reads: list[tuple[list[torch.Tensor], Any]] = []
 
     def restored_batch(self) -> torch.Tensor:
         return self.restored
 
-    def log(self, name: str, value: torch.Tensor, **kwargs: Any) -> None:
-        self.logged.setdefault(name, []).append(float(value))
+    def read_at_log_step(self, values: list[torch.Tensor], then: Any) -> None:
+        self.reads.append((values, then))
+
+    def flush(self) -> None:
+        reads, self.reads = self.reads, []
+        for values, then in reads:
+            then([float(v) for v in values])
+
+    def log_host_values(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.logged.setdefault(name, []).append(value)
+
+
+def fake_trainer(steps: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        global_step=0, should_stop=False, log_every_n_steps=10, loggers=[], max_steps=steps
+    )
+
+
+def run_step(
+    criterion: StoppingCriterion, trainer: SimpleNamespace, module: FakeModule, index: int
+) -> None:
+    """Step ``index + 1`` as the fit runs it: the criterion scores the output before the
+    optimizer step, the module reads the queued values on the host, the step count moves."""
+    trainer.global_step = index
+    criterion.on_before_optimizer_step(trainer, module, None)  # type: ignore[arg-type]
+    module.flush()
+    trainer.global_step = index + 1
 
 
 def drive(
@@ -47,15 +74,14 @@ def drive(
     """Feed ``outputs`` (and held-out ``scores``) step by step; the trainer, the module and the
     number of steps run before the criterion stopped the fit."""
     module = FakeModule(tuple(outputs[0].shape))
-    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    trainer = fake_trainer(len(outputs))
     criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
     for index, output in enumerate(outputs):
-        trainer.global_step = index + 1
         module.last_output = output
         module.restored = output + 1.0  # the image kept is the restored one, not the raw one
         if scores is not None:
             module._heldout_mse = torch.tensor(scores[index])
-        criterion.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        run_step(criterion, trainer, module, index)
         if trainer.should_stop:
             break
     return trainer, module, trainer.global_step
@@ -147,16 +173,53 @@ def test_diverged_steps_and_the_first_steps_are_never_selected() -> None:
     outputs = [torch.zeros(1, 1, 2, 2) for _ in range(300)]
     criterion = HeldoutStopping(patience=1000, min_steps=10)
     module = FakeModule((1, 1, 2, 2))
-    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    trainer = fake_trainer(300)
     criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
     for index in range(300):
-        trainer.global_step = index + 1
         module._heldout_mse = torch.tensor(scores[index])
         module._bad = torch.tensor(index + 1 >= 250)  # diverged from step 250 on
         module.last_output = outputs[index]
-        criterion.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
+        run_step(criterion, trainer, module, index)
     selection = criterion.selection()
     assert selection is not None and selection[1] == 249
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: WindowedVariance(window=6, patience=1000, min_steps=0),
+        lambda: ExponentialVariance(alpha=0.2, patience=1000, min_steps=0),
+    ],
+)
+def test_a_rolled_back_step_enters_no_score(make: Any) -> None:
+    """A fit with rolled-back steps (the module keeps its last good output on them) leaves the
+    criterion exactly as the fit of its good steps alone does."""
+    outputs = u_shaped_outputs(60, range(20, 30), seed=4)
+    rolled_back = {5, 6, 17, 31, 32, 33, 47}
+    with_bad, without = make(), make()
+    modules = [FakeModule(tuple(outputs[0].shape)) for _ in range(2)]
+    trainers = [fake_trainer(100), fake_trainer(100)]
+    for criterion, trainer, module in zip((with_bad, without), trainers, modules, strict=True):
+        criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    good_steps = 0
+    for index, output in enumerate(outputs):
+        bad = index in rolled_back
+        module = modules[0]
+        module._bad = torch.tensor(bad)
+        if not bad:  # a rolled-back step changes neither the output nor the restored image
+            module.last_output, module.restored = output, output + 1.0
+        run_step(with_bad, trainers[0], module, index)
+        if not bad:
+            modules[1].last_output, modules[1].restored = output, output + 1.0
+            run_step(without, trainers[1], modules[1], good_steps)
+            good_steps += 1
+    assert int(with_bad._count) == len(outputs) - len(rolled_back)  # the good outputs only
+    assert math.isfinite(float(with_bad.best_score))
+    for name in ("_outputs", "_mean", "_variance", "_count"):
+        if hasattr(with_bad, name):
+            assert torch.equal(getattr(with_bad, name), getattr(without, name)), name
+    assert torch.equal(with_bad.best_score, without.best_score)
+    assert torch.equal(with_bad.best_image, without.best_image)
 
 
 @pytest.mark.parametrize(
@@ -175,7 +238,7 @@ def test_bad_settings_are_one_line_errors(make: Any, message: str) -> None:
 def test_heldout_stopping_without_held_out_pixels_says_what_to_set() -> None:
     module = FakeModule((1, 1, 2, 2))
     module.holdout_keep = None
-    trainer = SimpleNamespace(global_step=0, should_stop=False, log_every_n_steps=10, loggers=[])
+    trainer = fake_trainer(10)
     with pytest.raises(ConfigError, match="holdout_fraction"):
         HeldoutStopping().on_fit_start(trainer, module)  # type: ignore[arg-type]
 
@@ -191,10 +254,13 @@ TINY_NET = [
 ]
 
 
-def _fit(tmp_path: Path, image: Path, extra: list[str], name: str) -> dict[str, Any]:
-    main(
-        [
-            "fit",
+def _fit(
+    tmp_path: Path, image: Path, extra: list[str], name: str, resume: Path | None = None
+) -> dict[str, Any]:
+    """A fit through ``dip fit``; with ``resume``, the checkpoint's fit resumed with its run's
+    ``config.yaml`` (in a new folder). Its ``metrics.json``."""
+    if resume is None:
+        setup = [
             f"--data.image={image}",
             "--data.noise_sigma=25",
             *TINY_NET,
@@ -209,6 +275,13 @@ def _fit(tmp_path: Path, image: Path, extra: list[str], name: str) -> dict[str, 
             "--trainer.callbacks.stop=false",
             "--trainer.log_every_n_steps=5",
             "--trainer.enable_progress_bar=false",
+        ]
+    else:
+        setup = [f"--config={resume.parent.parent / 'config.yaml'}", f"--ckpt_path={resume}"]
+    main(
+        [
+            "fit",
+            *setup,
             f"--trainer.default_root_dir={tmp_path / name}",
             f"--trainer.logger.save_dir={tmp_path / name}",
             *extra,
@@ -222,8 +295,11 @@ def test_a_fit_writes_the_selected_image_and_the_criteria(tmp_path: Path, rgb_pn
     criteria = metrics["criteria"]
     assert metrics["stopping"] == "heldout"
     heldout = criteria["heldout"]
-    assert heldout["would_stop_step"] == metrics["steps"] < 400  # it stopped the fit
-    assert metrics["selected_step"] == heldout["selected_step"] == metrics["steps"] - 10
+    # the patience (10) ran out 10 steps after the selected step; the fit stopped at the first
+    # log step (every 5) from there
+    assert metrics["selected_step"] == heldout["selected_step"]
+    assert heldout["would_stop_step"] == heldout["selected_step"] + 10
+    assert metrics["steps"] == math.ceil(heldout["would_stop_step"] / 5) * 5 < 400
     assert metrics["psnr"] == pytest.approx(heldout["psnr"], abs=1e-4)
     assert criteria["variance"]["would_stop_step"] is None
     assert criteria["variance"]["selected_step"] >= 11
@@ -234,9 +310,20 @@ def test_a_stopped_fit_resumes_to_the_same_selection(tmp_path: Path, rgb_png: Pa
     whole = _fit(tmp_path, rgb_png, ["--trainer.max_steps=30"], "whole")
     _fit(tmp_path, rgb_png, ["--trainer.max_steps=18"], "first")
     checkpoint = next((tmp_path / "first").rglob("last.ckpt"))
-    resumed = _fit(
-        tmp_path, rgb_png, ["--trainer.max_steps=30", f"--ckpt_path={checkpoint}"], "second"
-    )
+    resumed = _fit(tmp_path, rgb_png, ["--trainer.max_steps=30"], "second", resume=checkpoint)
     for key in ("selected_step", "psnr", "steps"):
         assert resumed[key] == whole[key]
     assert resumed["criteria"]["variance"] == whole["criteria"]["variance"]
+
+
+def test_a_fit_resumed_after_its_criterion_stopped_stops_at_once(
+    tmp_path: Path, rgb_png: Path
+) -> None:
+    first = _fit(tmp_path, rgb_png, ["--trainer.max_steps=400"], "first")
+    assert first["steps"] < 400 and first["criteria"]["heldout"]["would_stop_step"] is not None
+    checkpoint = next((tmp_path / "first").rglob("last.ckpt"))
+    resumed = _fit(tmp_path, rgb_png, ["--trainer.max_steps=400"], "second", resume=checkpoint)
+    assert resumed["steps"] == first["steps"]  # not a step more
+    for key in ("selected_step", "psnr", "stopping"):
+        assert resumed[key] == first[key]
+    assert resumed["criteria"] == first["criteria"]

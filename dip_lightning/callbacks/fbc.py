@@ -158,6 +158,10 @@ class FBCLogger(Callback):
     The values are kept in the callback's state, so a fit resumed from a checkpoint writes the
     whole history. Needs a :class:`~dip_lightning.tasks.DIPModule` (it reads ``last_output``,
     ``degradation``, ``observation`` and ``clean``); images with 1 or 3 channels.
+
+    It measures only in a fit with a logger (``trainer.logger``), and only where it is asked
+    for (``--trainer.callbacks+=dip_lightning.callbacks.FBCLogger``): each measurement is a
+    few FFTs and one read on the host.
     """
 
     def __init__(
@@ -199,6 +203,10 @@ class FBCLogger(Callback):
     # ------------------------------------------------------------------ hooks
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.loggers:
+            log.info("FBCLogger: the fit has no logger, so no FBC is measured")
+            self.active = ()
+            return
         observation = getattr(pl_module, "observation", None)
         if observation is None or observation.shape[1] not in (1, 3):
             channels = None if observation is None else observation.shape[1]
@@ -245,9 +253,9 @@ class FBCLogger(Callback):
         if self.steps and self.steps[-1] == step:
             return
         measured = self.measure(pl_module)
+        rows = torch.stack(list(measured.values())).tolist()  # one host read
         metrics: dict[str, float] = {}
-        for reference, values in measured.items():
-            row = [float(v) for v in values.cpu()]
+        for reference, row in zip(measured, rows, strict=True):
             self.values[reference].append(row)
             metrics.update(zip(self.tags(reference), row, strict=True))
         self.steps.append(step)

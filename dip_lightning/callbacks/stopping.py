@@ -23,6 +23,12 @@ the average is what is returned), the raw output otherwise. ``RunArtifacts`` wri
 ``stopping/<name>`` (also on the progress bar) and the selected step as
 ``stopping/selected_step``.
 
+A criterion keeps its state on the device and reads it on the host only at the fit's log steps
+(every ``trainer.log_every_n_steps``), with the module's other values in one read: a fit stops
+at the first log step at or after the step its patience ran out (``would_stop_step``), and the
+image it returns is the best one up to that step. A step the divergence guard rolled back
+enters no score, and a fit resumed after its criterion stopped stops at once.
+
 Several criteria can watch one fit: those with ``stop: false`` only record the step at which they
 would have stopped (``would_stop_step``) and their choice at that moment, which lets one run
 compare criteria. The first criterion that stops the fit selects the image written.
@@ -48,15 +54,24 @@ log = logging.getLogger(__name__)
 class StoppingCriterion(Callback):
     """Base class: track the best score, keep the image of its step, stop after ``patience``.
 
+    Everything a criterion tracks lives on the device and is updated at every step without a
+    host sync: the best score, its step and image, and the step at which the patience ran out
+    (after which the best is frozen, so the choice is the one made at that moment). A step the
+    divergence guard rolled back enters no score. The state is read on the host with the other
+    values of a log step (one host sync, every ``trainer.log_every_n_steps`` steps, see
+    :meth:`~dip_lightning.tasks.base.DIPModule.read_at_log_step`): the score is logged then,
+    and a fit whose patience ran out stops at the first log step at or after that step (a
+    fit resumed after its criterion stopped stops at once).
+
     Args:
-        patience: stop when the best score is this many steps old.
+        patience: the patience runs out when the best score is this many steps old.
         min_steps: steps ignored before the score may select a step (the first outputs of a
             fit are far from the image whatever the score says).
         stop: stop the fit (``false``: only record when it would have stopped).
-        check_every_n_steps: read the device-side state on the host this often (a host sync;
-            every step costs nothing on a CPU, a little on a GPU).
-        log_every_n_steps: log the score this often (``null``: the trainer's
-            ``log_every_n_steps``).
+        check_every_n_steps: read the criterion's state on the host (log its score, stop the
+            fit) every this many steps (``null``: ``log_every_n_steps``).
+        log_every_n_steps: the same; ``null`` (with ``check_every_n_steps``): the trainer's
+            ``log_every_n_steps``, so the read shares the host sync of the fit's own logging.
     """
 
     #: name in logs and ``metrics.json``
@@ -67,27 +82,36 @@ class StoppingCriterion(Callback):
         patience: int = 1000,
         min_steps: int = 100,
         stop: bool = True,
-        check_every_n_steps: int = 1,
+        check_every_n_steps: int | None = None,
         log_every_n_steps: int | None = None,
     ) -> None:
         for key, value, low in (
             ("patience", patience, 1),
             ("min_steps", min_steps, 0),
             ("check_every_n_steps", check_every_n_steps, 1),
+            ("log_every_n_steps", log_every_n_steps, 1),
         ):
-            if isinstance(value, bool) or int(value) != value or value < low:
+            if value is None and key.endswith("_every_n_steps"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{self.name}.{key} = {value} is out of range; use >= {low}")
+            if int(value) != value or value < low:
                 raise ConfigError(f"{self.name}.{key} = {value} is out of range; use >= {low}")
         self.patience = int(patience)
         self.min_steps = int(min_steps)
         self.stop = bool(stop)
-        self.check_every_n_steps = int(check_every_n_steps)
+        self.check_every_n_steps = check_every_n_steps
         self.log_every_n_steps = log_every_n_steps
+        self._every = 1
         self.best_score: torch.Tensor | None = None
         self.best_step: torch.Tensor | None = None
         self.best_image: torch.Tensor | None = None
-        #: step at which the patience ran out (None while it has not)
+        #: the step at which the patience ran out, on the device (0 while it has not)
+        self.expired_step: torch.Tensor | None = None
+        #: step at which the patience ran out (None while it has not, or is not read yet)
         self.would_stop_step: int | None = None
-        self._frozen: tuple[torch.Tensor, int, float] | None = None
+        #: the best step as last read on the host (at a log step; 0: none yet), no sync
+        self.read_best_step = 0
         self._loaded: dict[str, Any] | None = None
 
     @property
@@ -100,8 +124,9 @@ class StoppingCriterion(Callback):
         """Allocate the criterion's own buffers for ``module``'s output shape."""
 
     def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
-        """This step's score (a 0-dim tensor on the device, lower is better), or ``None`` while
-        it is not defined yet."""
+        """This step's score: a 0-dim tensor on the device, lower is better, NaN while it is
+        not defined yet; ``None`` when there is none at all. Called at every step, also for a
+        rolled-back one (``module._bad``), which must not change the criterion's history."""
         raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
@@ -114,64 +139,99 @@ class StoppingCriterion(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         module: DIPModule = pl_module  # type: ignore[assignment]
-        shape = module.restored_batch().shape
-        device = module.restored_batch().device
+        restored = module.restored_batch()
+        device = restored.device
         self.best_score = torch.tensor(math.inf, device=device)
         self.best_step = torch.tensor(0, dtype=torch.long, device=device)
-        self.best_image = torch.zeros(shape, device=device)
+        self.best_image = torch.zeros(restored.shape, dtype=restored.dtype, device=device)
+        self.expired_step = torch.tensor(0, dtype=torch.long, device=device)
         self.would_stop_step = None
-        self._frozen = None
+        self.read_best_step = 0
         self.prepare(module)
         if self._loaded is not None:
             state, self._loaded = self._loaded, None
             self.best_score.copy_(state["best_score"])
             self.best_step.copy_(state["best_step"])
             self.best_image.copy_(state["best_image"])
-            self.would_stop_step = state.get("would_stop_step")
-            frozen = state.get("frozen")
+            # a checkpoint taken after the patience ran out but before it was read holds the
+            # step on the device only
+            expired = int(state.get("expired_step", state.get("would_stop_step") or 0))
+            self.would_stop_step = state.get("would_stop_step") or expired or None
+            self.expired_step.fill_(expired)
+            self.read_best_step = int(state["best_step"])  # a CPU tensor of the checkpoint
+            frozen = state.get("frozen")  # written before the best froze with the patience
             if frozen is not None:
-                self._frozen = (frozen[0].to(device), int(frozen[1]), float(frozen[2]))
+                self.best_image.copy_(frozen[0])
+                self.best_step.fill_(int(frozen[1]))
+                self.best_score.fill_(float(frozen[2]))
+                self.read_best_step = int(frozen[1])
             self.load_extra_state(state.get("extra", {}))
-        if self.log_every_n_steps is None:
-            self.log_every_n_steps = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)
+        default = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)
+        self._every = self.check_every_n_steps or self.log_every_n_steps or default
 
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A fit resumed after this criterion's patience ran out stops at once."""
+        if self.stop and self.would_stop_step is not None:
+            log.info(
+                "%s: its patience ran out at step %d; nothing left to fit",
+                self.name,
+                self.would_stop_step,
+            )
+            trainer.should_stop = True
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
     ) -> None:
-        module: DIPModule = pl_module  # type: ignore[assignment]
+        """Score the step's output (it is known once ``training_step`` ran)."""
+        self.update(trainer, pl_module, int(trainer.global_step) + 1)  # type: ignore[arg-type]
+
+    def update(self, trainer: Trainer, module: DIPModule, step: int) -> None:
+        """Score step ``step``, update the best and the patience on the device, and at a log
+        step queue the state for the module's host read (:meth:`on_read`)."""
         assert self.best_score is not None and self.best_step is not None
-        assert self.best_image is not None
-        step = int(trainer.global_step)
+        assert self.best_image is not None and self.expired_step is not None
         value = self.score(module, step)
         if value is None:
             return
-        every = self.log_every_n_steps or 1
-        if step % every == 0:
-            module.log(f"stopping/{self.name}", value, on_step=True, on_epoch=False, prog_bar=True)
-        if step <= self.min_steps:
-            return
-        bad = module._bad if module._bad is not None else torch.zeros((), dtype=torch.bool)
-        with torch.no_grad():
-            better = (value < self.best_score) & ~bad.to(value.device)
-            self.best_score.copy_(torch.where(better, value, self.best_score))
-            self.best_step.copy_(torch.where(better, step, self.best_step))
-            self.best_image.copy_(torch.where(better, module.restored_batch(), self.best_image))
-        if self.would_stop_step is None and step % self.check_every_n_steps == 0:
-            best_step = int(self.best_step)
-            if best_step > 0 and step - best_step >= self.patience:
-                self.would_stop_step = step
-                self._frozen = (self.best_image.clone(), best_step, float(self.best_score))
-                if self.stop:
-                    log.info(
-                        "%s: no better score for %d steps, stopping at step %d (selected %d)",
-                        self.name,
-                        self.patience,
-                        step,
-                        best_step,
-                    )
-                    trainer.should_stop = True
+        if step > self.min_steps:
+            bad = module._bad if module._bad is not None else torch.zeros((), dtype=torch.bool)
+            with torch.no_grad():
+                running = self.expired_step == 0
+                better = (value < self.best_score) & ~bad.to(value.device) & running
+                self.best_score.copy_(torch.where(better, value, self.best_score))
+                self.best_step.copy_(torch.where(better, step, self.best_step))
+                restored = module.restored_batch()
+                self.best_image.copy_(torch.where(better, restored, self.best_image))
+                ran_out = running & (self.best_step > 0) & (step - self.best_step >= self.patience)
+                self.expired_step.copy_(torch.where(ran_out, step, self.expired_step))
+        if step % self._every == 0 or step == trainer.max_steps:
+            values = [value, self.expired_step, self.best_step, self.best_score]
+            module.read_at_log_step(values, lambda host: self.on_read(trainer, module, step, host))
+
+    def on_read(self, trainer: Trainer, module: DIPModule, step: int, host: list[float]) -> None:
+        """At a log step, with the values read on the host: log the score; stop the fit once
+        the patience has run out."""
+        score, expired, best_step, best_score = host
+        self.read_best_step = int(best_step)
+        if not math.isnan(score):
+            module.log_host_values({f"stopping/{self.name}": score})
+        if expired and self.would_stop_step is None:
+            self.would_stop_step = int(expired)
+            if self.stop:
+                log.info(
+                    "%s: no better score for %d steps at step %d, stopping at step %d "
+                    "(selected %d, score %.4g)",
+                    self.name,
+                    self.patience,
+                    self.would_stop_step,
+                    step,
+                    int(best_step),
+                    best_score,
+                )
+                trainer.should_stop = True
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.settle()
         selection = self.selection()
         if selection is not None:
             for logger in trainer.loggers:
@@ -180,13 +240,18 @@ class StoppingCriterion(Callback):
                     step=trainer.global_step,
                 )
 
+    def settle(self) -> None:
+        """Read whether the patience ran out since the last log step (one host sync)."""
+        if self.would_stop_step is None and self.expired_step is not None:
+            expired = int(self.expired_step)
+            self.would_stop_step = expired or None
+
     # ------------------------------------------------------------------ results
 
     def selection(self) -> tuple[torch.Tensor, int, float] | None:
-        """``(image (1, C, H, W), step, score)`` chosen: at the moment the patience ran out, or
-        the best so far when it has not; ``None`` before any step was scored."""
-        if self._frozen is not None:
-            return self._frozen
+        """``(image (1, C, H, W), step, score)`` chosen: the best when the patience ran out
+        (the best is frozen then), or the best so far when it has not; ``None`` before any
+        step was scored."""
         if self.best_step is None or self.best_image is None or self.best_score is None:
             return None
         step = int(self.best_step)
@@ -197,15 +262,13 @@ class StoppingCriterion(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.best_score is None or self.best_step is None or self.best_image is None:
             return {}
-        frozen = None
-        if self._frozen is not None:
-            frozen = (self._frozen[0].cpu(), self._frozen[1], self._frozen[2])
+        assert self.expired_step is not None
         return {
             "best_score": self.best_score.cpu(),
             "best_step": self.best_step.cpu(),
             "best_image": self.best_image.cpu(),
             "would_stop_step": self.would_stop_step,
-            "frozen": frozen,
+            "expired_step": int(self.expired_step),
             "extra": {
                 k: v.cpu() if isinstance(v, torch.Tensor) else v
                 for k, v in self.extra_state().items()
@@ -239,28 +302,34 @@ class WindowedVariance(StoppingCriterion):
         super().__init__(patience=patience, min_steps=min_steps, **kwargs)
         self.window = int(window)
         self._outputs: torch.Tensor | None = None
-        self._count = 0
+        self._count: torch.Tensor | None = None  # frames stored, on the device
 
     def prepare(self, module: DIPModule) -> None:
         output = module.last_output
-        self._outputs = torch.zeros((self.window, *output.shape[1:]), device=output.device)
-        self._count = 0
+        shape = (self.window, *output.shape[1:])
+        self._outputs = torch.zeros(shape, dtype=output.dtype, device=output.device)
+        self._count = torch.zeros((), dtype=torch.long, device=output.device)
 
     def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
-        assert self._outputs is not None
-        self._outputs[self._count % self.window].copy_(module.last_output[0])
-        self._count += 1
-        if self._count < self.window:
-            return None
-        return self._outputs.var(dim=0, unbiased=False).mean()
+        """The variance of the last ``window`` outputs of good steps: a rolled-back step
+        stores no frame (its slot is written with what it held)."""
+        assert self._outputs is not None and isinstance(self._count, torch.Tensor)
+        good = ~_rolled_back(module)
+        slot = (self._count % self.window).view(1)
+        frame = torch.where(good, module.last_output, self._outputs.index_select(0, slot))
+        self._outputs.index_copy_(0, slot, frame)
+        self._count.add_(good.long())
+        variance = self._outputs.var(dim=0, unbiased=False).mean()
+        return torch.where(self._count >= self.window, variance, math.nan)
 
     def extra_state(self) -> dict[str, Any]:
         return {"outputs": self._outputs, "count": self._count}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "outputs" in state and self._outputs is not None:
+            assert isinstance(self._count, torch.Tensor)
             self._outputs.copy_(state["outputs"])
-            self._count = int(state["count"])
+            self._count.fill_(int(state["count"]))
 
 
 class ExponentialVariance(StoppingCriterion):
@@ -286,37 +355,41 @@ class ExponentialVariance(StoppingCriterion):
         self.alpha = float(alpha)
         self._mean: torch.Tensor | None = None
         self._variance: torch.Tensor | None = None
-        self._count = 0
+        self._count: torch.Tensor | None = None  # outputs taken in, on the device
 
     def prepare(self, module: DIPModule) -> None:
         output = module.last_output
         self._mean = torch.zeros_like(output)
         self._variance = torch.zeros_like(output)
-        self._count = 0
+        self._count = torch.zeros((), dtype=torch.long, device=output.device)
 
     def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+        """The recursion over the outputs of good steps: a rolled-back step changes neither
+        the mean nor the variance."""
         assert self._mean is not None and self._variance is not None
+        assert isinstance(self._count, torch.Tensor)
         x = module.last_output
         a = self.alpha
-        self._count += 1
-        if self._count == 1:
-            self._mean.copy_(x)
-            return None
+        good = ~_rolled_back(module)
+        first = self._count == 0
         delta = x - self._mean
-        self._variance.mul_(1 - a).add_(delta.square(), alpha=a * (1 - a))
-        self._mean.add_(delta, alpha=a)
-        if self._count <= math.ceil(1 / a):
-            return None
-        return self._variance.mean()
+        variance = (self._variance + a * delta.square()) * (1 - a)
+        mean = torch.where(first, x, self._mean + a * delta)
+        self._variance.copy_(torch.where(good & ~first, variance, self._variance))
+        self._mean.copy_(torch.where(good, mean, self._mean))
+        self._count.add_(good.long())
+        defined = self._count > math.ceil(1 / a)
+        return torch.where(defined, self._variance.mean(), math.nan)
 
     def extra_state(self) -> dict[str, Any]:
         return {"mean": self._mean, "variance": self._variance, "count": self._count}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "mean" in state and self._mean is not None and self._variance is not None:
+            assert isinstance(self._count, torch.Tensor)
             self._mean.copy_(state["mean"])
             self._variance.copy_(state["variance"])
-            self._count = int(state["count"])
+            self._count.fill_(int(state["count"]))
 
 
 class HeldoutStopping(StoppingCriterion):
@@ -370,6 +443,13 @@ class PeakPSNR(StoppingCriterion):
     def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
         current = getattr(module, "_psnr_current", None)
         return None if current is None else -current
+
+
+def _rolled_back(module: DIPModule) -> torch.Tensor:
+    """Whether the divergence guard rolled the module's current step back (0-dim bool)."""
+    bad = module._bad
+    device = module.last_output.device
+    return torch.zeros((), dtype=torch.bool, device=device) if bad is None else bad.to(device)
 
 
 def stopping_selection(trainer: Trainer) -> tuple[StoppingCriterion, torch.Tensor, int] | None:

@@ -6,6 +6,10 @@ on the Y channel of ITU-R BT.601 YCbCr (MATLAB's ``rgb2ycbcr``: ``Y = 16 + 65.48
 (the scale factor) from every side, with a peak of 255. :func:`rgb_to_y` returns that ``Y``
 divided by 255 and :func:`psnr_y` compares it with ``data_range=1``, which gives the same
 number. A one-channel image is its own luma.
+
+:func:`psnr` is the plain PSNR of two images with plain tensor operations: no tensor is made
+for the data range and nothing is read on the host, so the fit can track its peak on the device
+at every step.
 """
 
 from __future__ import annotations
@@ -14,10 +18,27 @@ import torch
 
 from dip_lightning.errors import ConfigError
 
-__all__ = ["Y_WEIGHTS", "psnr_y", "rgb_to_y"]
+__all__ = ["Y_WEIGHTS", "psnr", "psnr_y", "rgb_to_y"]
 
 #: ITU-R BT.601 weights of R, G, B in the luma of 8-bit YCbCr (``Y`` on the 0-255 scale).
 Y_WEIGHTS: tuple[float, float, float] = (65.481, 128.553, 24.966)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB of ``x`` against ``y``: ``10 log10(data_range**2 / MSE)``, the mean squared
+    error taken over every element; a 0-dim tensor on their device (``inf`` when they are equal).
+
+    The same number as ``torchmetrics.functional.peak_signal_noise_ratio(x, y, data_range)``
+    and scikit-image's ``peak_signal_noise_ratio``, computed in the inputs' precision.
+
+    >>> x = torch.zeros(1, 3, 4, 4)
+    >>> round(float(psnr(x, torch.full_like(x, 0.1))), 4)
+    20.0
+    >>> float(psnr(x, x))
+    inf
+    """
+    mse = (x - y).square().mean()
+    return 10.0 * torch.log10(data_range * data_range / mse)
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
@@ -71,5 +92,4 @@ def psnr_y(x: torch.Tensor, y: torch.Tensor, border: int = 0) -> torch.Tensor:
     if border:
         luma_x = luma_x[..., border:-border, border:-border]
         luma_y = luma_y[..., border:-border, border:-border]
-    mse = torch.mean((luma_x - luma_y) ** 2)
-    return -10.0 * torch.log10(mse)
+    return psnr(luma_x, luma_y)

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from dip_lightning.data.datamodule import ImageSample, SingleImageDataModule
 from dip_lightning.data.padding import CropBox, padded_size
 from dip_lightning.degradations.base import Degradation
 from dip_lightning.errors import ConfigError
 from dip_lightning.losses import StructuralFeedback
+from dip_lightning.metrics.psnr import psnr as _psnr
 from dip_lightning.networks.inputs import INPUT_TYPES, InputType, make_input
 from dip_lightning.networks.skip import SkipNet
 
@@ -35,17 +32,27 @@ from dip_lightning.networks.skip import SkipNet
 #: ``class_path`` plus every ``init_args`` except the two channel counts.
 NetFactory = Callable[[int, int], nn.Module]
 
+#: An optimizer class (or factory) called as ``optimizer(parameters, lr)`` with the module's
+#: ``lr``; in a config, ``class_path`` plus every ``init_args`` except those two.
+OptimizerFactory = Callable[[Iterable[torch.Tensor], float], torch.optim.Optimizer]
+
 LossName = Literal["mse", "l1"]
 
 log = logging.getLogger(__name__)
 
-#: The divergence policy looks at its counters (one host sync) every this many steps at most.
-DIVERGENCE_CHECK_EVERY = 10
+#: Offsets of the perturbation bank drawn at a time (one read of a CPU tensor per block).
+OFFSET_BLOCK = 1024
+
+#: Values :meth:`DIPModule.log_host_values` puts on the progress bar (and ``stopping/...``).
+PROGRESS_BAR = frozenset({"train/loss", "psnr", "ssim", "heldout/mse"})
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of images in [0, 1] (torchmetrics, ``data_range=1.0``), as a 0-dim tensor."""
-    return peak_signal_noise_ratio(x, y, data_range=1.0)
+    """PSNR in dB of images in [0, 1] (``data_range=1.0``), as a 0-dim tensor on their device.
+
+    Plain tensor operations (:func:`dip_lightning.metrics.psnr.psnr`): the peak tracking calls
+    it at every step, with no host sync and no new tensor for the data range."""
+    return _psnr(x, y, 1.0)
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,21 +101,30 @@ class DIPModule(LightningModule):
         input_depth: channels of ``z`` (2 for ``meshgrid``).
         input_scale: scale of the uniform or normal input (0.1 in the paper).
         sigma_p: std of the fresh Gaussian perturbation added to ``z`` at every step.
-        lr: learning rate (it replaces any ``lr`` given to ``optimizer``).
-        optimizer: the optimizer class; Adam by default.
+        lr: learning rate (the optimizer's: it is called as ``optimizer(parameters, lr)``).
+        optimizer: the optimizer class, with its options other than ``lr``; Adam by default.
         loss: the data term, ``mse`` or ``l1``.
         ema_decay: weight of the exponential moving average of the outputs (0.99 in the paper's
             denoising); 0 turns it off. When on, the average is the restored image.
-        guard_drop_db: roll the parameters back to the last good state when the PSNR of
-            ``A(x_hat)`` against the observation drops by more than this many dB, or the loss is
-            not finite; ``null`` turns the guard off.
+        guard_drop_db: roll a step back when the PSNR of ``A(x_hat)`` against the observation
+            drops by more than this many dB, or the loss is not finite: after such a step the
+            parameters are exactly those after the last good step, and so is the optimizer's
+            element-wise state (Adam's ``exp_avg`` and ``exp_avg_sq``: every state tensor of a
+            parameter's shape; zeros, a fresh Adam's, before the first good step). The step
+            count goes on: it counts the steps taken, rolled back or not (in a batched fit Adam
+            keeps one count for all the networks, so this keeps each network's fit equal to
+            its separate fit). The output, its average and the stopping criteria ignore the
+            step. All of it is done with masks on the device, without a host sync. ``null``
+            turns the guard off.
         max_recoveries: the divergence policy. When the guard rolls back this many steps in a
             row, the learning rate is multiplied by ``lr_decay_on_divergence`` and the optimizer
             restarts (its state cleared) from the last good parameters; when that has happened
             ``max_lr_reductions`` times, the next such run stops the fit with a warning,
             keeping the restored image, which only ever took in good steps. The run lengths
-            are counted on the device and looked at every ``min(max_recoveries, 10)`` steps.
-            ``null`` turns the policy off (the guard alone rolls back, as in the paper).
+            are counted on the device and read with the other values of a log step (every
+            ``trainer.log_every_n_steps`` steps), so the policy acts at the first log step
+            after such a run. ``null`` turns the policy off (the guard alone rolls back, as in
+            the paper).
         lr_decay_on_divergence: factor in (0, 1) applied to the learning rate by the policy.
         max_lr_reductions: learning-rate reductions before the policy stops the fit (0: stop
             at the first run of ``max_recoveries`` roll-backs).
@@ -135,6 +151,11 @@ class DIPModule(LightningModule):
 
     Metrics against the clean reference (when one is known) are computed every
     ``trainer.log_every_n_steps`` steps; the peak PSNR is tracked at every step on the device.
+    Nothing is read on the host between log steps: at a log step the module reads every value
+    that step logs or decides on (its metrics, the divergence counters, the stopping
+    criteria's state) in one transfer (:meth:`read_at_log_step`), logs them to the loggers,
+    ``trainer.callback_metrics`` and the progress bar (:meth:`log_host_values`), and acts on
+    them.
     """
 
     #: Short task name written to ``metrics.json``.
@@ -164,7 +185,7 @@ class DIPModule(LightningModule):
         input_scale: float = 0.1,
         sigma_p: float = 1.0 / 30.0,
         lr: float = 0.01,
-        optimizer: OptimizerCallable = torch.optim.Adam,
+        optimizer: OptimizerFactory = torch.optim.Adam,
         loss: LossName = "mse",
         ema_decay: float = 0.0,
         guard_drop_db: float | None = 5.0,
@@ -249,6 +270,7 @@ class DIPModule(LightningModule):
         self._compiled: list[nn.Module] = []
         self._bank: torch.Tensor | None = None
         self._offsets = torch.Generator().manual_seed(self.seed + 2)
+        self._offset_queue: list[int] = []  # offsets drawn and not used yet, the next last
         self.feedback = feedback
 
         self.net: nn.Module | None = None
@@ -257,7 +279,8 @@ class DIPModule(LightningModule):
         self.crop_box: CropBox | None = None
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
-        self._guard_saved: list[torch.Tensor] = []
+        self._last_good = LastGoodState()
+        self._host_reads: list[tuple[list[torch.Tensor], Callable[[list[float]], None]]] = []
         self._bad: torch.Tensor | None = None
         self._log_every = 50
         #: every step counts as diverged (rolled back, kept out of the outputs): set on an image
@@ -392,7 +415,7 @@ class DIPModule(LightningModule):
 
     def build_optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         """The configured optimizer over ``net``'s parameters, at ``lr``."""
-        optimizer = self.optimizer_factory(net.parameters())
+        optimizer = self.optimizer_factory(net.parameters(), self.lr)
         if _wants_fused(optimizer, net):
             # Adam(W) left at its defaults runs fused: the same update, one kernel per step
             optimizer = type(optimizer)(net.parameters(), **{**optimizer.defaults, "fused": True})
@@ -402,12 +425,10 @@ class DIPModule(LightningModule):
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
-        from dip_lightning.callbacks import FBCLogger, ImageLogger, RunArtifacts
+        from dip_lightning.callbacks import ImageLogger, RunArtifacts
 
-        callbacks = [RunArtifacts(), ImageLogger(every_n_steps=self.image_every_n_steps)]
-        if not any(isinstance(c, FBCLogger) for c in getattr(self.trainer, "callbacks", [])):
-            callbacks.append(FBCLogger())  # an FBCLogger in trainer.callbacks is kept instead
-        return callbacks
+        # FBC is measured only when asked for: an FBCLogger in trainer.callbacks
+        return [RunArtifacts(), ImageLogger(every_n_steps=self.image_every_n_steps)]
 
     # ------------------------------------------------------------------ the loop
 
@@ -428,6 +449,8 @@ class DIPModule(LightningModule):
             _, channels, height, width = self.z.shape
             bank_generator = torch.Generator(device=self.device).manual_seed(self.seed + 3)
             self._bank = self._normal((1, channels, 2 * height, 2 * width), bank_generator)
+            if not self._offset_queue:  # the first block now, not in a step
+                self._offset_queue = self._draw_offsets(height * width)
 
     def _normal(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         """Standard normal numbers in the layout of ``z`` (channels-last when it is).
@@ -448,12 +471,23 @@ class DIPModule(LightningModule):
             return z
         if self._bank is not None:
             _, _, height, width = z.shape
-            offset = int(torch.randint(0, height * width, (1,), generator=self._offsets))
+            offset = self._next_offset(height * width)
             top, left = divmod(offset, width)
             noise = self._bank[..., top : top + height, left : left + width]
         else:
             noise = self._normal(tuple(z.shape), self._generator)
         return z + noise * self.sigma_p
+
+    def _next_offset(self, count: int) -> int:
+        """The bank's next window offset in ``[0, count)``: drawn from ``_offsets`` a block of
+        :data:`OFFSET_BLOCK` at a time, so a step reads no tensor on the host."""
+        if not self._offset_queue:
+            self._offset_queue = self._draw_offsets(count)
+        return self._offset_queue.pop()
+
+    def _draw_offsets(self, count: int) -> list[int]:
+        block = torch.randint(0, count, (OFFSET_BLOCK,), generator=self._offsets)
+        return block.tolist()[::-1]  # a CPU tensor: no device to wait for
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """The restored image for input ``z``, cropped to the output size, in the buffers'
@@ -484,16 +518,56 @@ class DIPModule(LightningModule):
         data = self.fitted_data_term(prediction)
         extra = self.regularization(x)
         loss = data if extra is None else data + extra
+        term: torch.Tensor | None = None
         if self.feedback is not None:
             term = self.feedback_term(x, prediction, step)
             loss = loss + term
-            self.log("train/feedback", term, on_step=True, on_epoch=False)
         with torch.no_grad():
             self._after_output(x.detach(), prediction.detach(), loss.detach(), data.detach(), step)
-        self.log("train/loss", loss, on_step=True, on_epoch=False)
-        if step % self._log_every == 0 or step == self.trainer.max_steps:
-            self.log_dict(self.step_metrics(), on_step=True, on_epoch=False, prog_bar=True)
+        if self.is_log_step(step):
+            metrics = {"train/loss": loss.detach()}
+            if term is not None:
+                metrics["train/feedback"] = term.detach()
+            metrics.update(self.step_metrics())
+            names = list(metrics)
+            self.read_at_log_step(
+                list(metrics.values()),
+                lambda values: self.log_host_values(dict(zip(names, values, strict=True))),
+            )
         return loss
+
+    def is_log_step(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) logs: each ``trainer.log_every_n_steps`` and the last."""
+        return step % self._log_every == 0 or step == self.trainer.max_steps
+
+    # ------------------------------------------------------------------ host reads
+
+    def read_at_log_step(
+        self, values: Sequence[torch.Tensor], then: Callable[[list[float]], None]
+    ) -> None:
+        """Queue 0-dim ``values`` (on the device) for this step's one host read; ``then`` gets
+        them as floats when it is made, at the end of :meth:`optimizer_step` (after the
+        roll-back, before the callbacks' ``on_train_batch_end``)."""
+        self._host_reads.append((list(values), then))
+
+    def flush_host_reads(self) -> None:
+        """Make the one host read of the values queued in this step, and hand them on."""
+        reads, self._host_reads = self._host_reads, []
+        read_on_host(reads)
+
+    def log_host_values(self, values: dict[str, float]) -> None:
+        """Log values read on the host at a log step (:meth:`read_at_log_step`): to every
+        logger at the global step, into ``trainer.callback_metrics`` and, for those in
+        :attr:`PROGRESS_BAR` (or ``stopping/...``), onto Lightning's progress bar.
+
+        Lightning converts values logged with ``self.log(..., prog_bar=True)`` from tensors at
+        every step for as long as they are kept, so these go in as numbers. In a batched fit
+        the batched module logs them under the image's name instead."""
+        if self._log_to is not None:
+            parent, prefix = self._log_to
+            log_host_values(parent.trainer, {f"{prefix}/{k}": v for k, v in values.items()}, ())
+            return
+        log_host_values(self.trainer, values, PROGRESS_BAR)
 
     def _after_output(
         self,
@@ -515,18 +589,22 @@ class DIPModule(LightningModule):
         self._psnr_observed = psnr_observed
         # a diverged output enters neither the last output nor the average
         self.last_output.copy_(torch.where(bad, self.last_output, x))
+        # the averages start at the first good output (every step before it was rolled back)
+        empty = self.recoveries == step - 1
         if self.ema_decay > 0:
             if step == 1:
-                self.output_ema.copy_(x)
+                self.output_ema.copy_(torch.where(bad, self.output_ema, x))
             else:
                 average = torch.lerp(self.output_ema, x, 1.0 - self.ema_decay)
+                average = torch.where(empty, x, average)
                 self.output_ema.copy_(torch.where(bad, self.output_ema, average))
         if self.feedback_average is not None:
             assert self.feedback is not None
             if step == 1:
-                self.feedback_average.copy_(x)
+                self.feedback_average.copy_(torch.where(bad, self.feedback_average, x))
             else:
                 mean = torch.lerp(self.feedback_average, x, 1.0 - self.feedback.average_decay)
+                mean = torch.where(empty, x, mean)
                 self.feedback_average.copy_(torch.where(bad, self.feedback_average, mean))
         if self.clean is not None:
             current = psnr(self.restored_batch(), self.clean)
@@ -537,19 +615,32 @@ class DIPModule(LightningModule):
         if self.holdout_keep is not None:
             self._track_heldout(bad, step)
 
-    def on_after_backward(self) -> None:
-        """Roll back to the last good parameters when this step's output diverged, then apply
-        the divergence policy (:meth:`apply_divergence_policy`)."""
-        if self.guard_drop_db is None or self._bad is None or self.net is None:
-            return
-        bad = self._bad
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        with torch.no_grad():
-            self._guard_saved = roll_back(params, self._guard_saved, lambda param: bad)
-            self.record_guard(bad)
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """The step (``training_step``, backward, ``optimizer.step``), then the divergence
+        guard: where this step diverged, the parameters and the optimizer state are set back
+        to the last good ones (:class:`LastGoodState`); then the log step's one host read."""
         step = self.global_step + 1
-        if self.max_recoveries is not None and step % self._divergence_every == 0:
-            self.apply_divergence_policy(step)
+        net = self.net if self.guard_drop_db is not None else None
+        guarded = net is not None
+        params = [p for p in net.parameters() if p.requires_grad] if net is not None else []
+        if guarded and not self._last_good.ready:
+            self._last_good.save(params, optimizer)  # the state before the first step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        bad = self._bad
+        if guarded and bad is not None:
+            with torch.no_grad():
+                self._last_good.restore(params, optimizer, lambda tensor: bad)
+                self._last_good.save(params, optimizer)
+                self.record_guard(bad)
+            if self.max_recoveries is not None and self.is_log_step(step):
+                self.check_divergence(step, self.apply_divergence_policy)
+        self.flush_host_reads()
 
     def record_guard(self, bad: torch.Tensor) -> None:
         """After the roll-back of a step that was ``bad`` (or not): the guard's reference PSNR,
@@ -558,18 +649,14 @@ class DIPModule(LightningModule):
         self.recoveries.add_(bad.long())
         self._count_failed_run(bad)
 
-    def take_worst_run(self) -> int | None:
-        """The longest run of roll-backs since the last call (``None`` before any step); one
-        host sync."""
+    def check_divergence(self, step: int, act: Callable[[int, int], None]) -> None:
+        """Queue the longest run of roll-backs since the last check for this log step's host
+        read; ``act(step, run)`` gets it. The run is counted afresh from the current one."""
         if self._failed_run is None or self._worst_run is None:
-            return None
-        worst = int(self._worst_run)
+            return
+        worst = self._worst_run.clone()
         self._worst_run.copy_(self._failed_run)
-        return worst
-
-    @property
-    def _divergence_every(self) -> int:
-        return min(self.max_recoveries or DIVERGENCE_CHECK_EVERY, DIVERGENCE_CHECK_EVERY)
+        self.read_at_log_step([worst], lambda values: act(step, int(values[0])))
 
     def _count_failed_run(self, bad: torch.Tensor) -> None:
         """The length of the current run of roll-backs and the longest since the last check,
@@ -585,13 +672,13 @@ class DIPModule(LightningModule):
         self._failed_run.add_(1).mul_(bad.long())
         torch.maximum(self._worst_run, self._failed_run, out=self._worst_run)
 
-    def apply_divergence_policy(self, step: int) -> None:
-        """After a run of ``max_recoveries`` roll-backs: lower the learning rate and restart the
-        optimizer from the last good parameters, or, after ``max_lr_reductions`` reductions, stop
-        the fit (the restored image only ever took in good steps, so it is kept as it is)."""
+    def apply_divergence_policy(self, step: int, worst: int) -> None:
+        """After a run of ``max_recoveries`` roll-backs (``worst`` is the longest since the last
+        check): lower the learning rate and restart the optimizer from the last good
+        parameters, or, after ``max_lr_reductions`` reductions, stop the fit (the restored
+        image only ever took in good steps, so it is kept as it is)."""
         assert self.max_recoveries is not None
-        worst = self.take_worst_run()  # the one host sync, every few steps
-        if worst is None or worst < self.max_recoveries:
+        if worst < self.max_recoveries:
             return
         optimizers = list(self.trainer.optimizers)
         lr = float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.lr
@@ -613,6 +700,7 @@ class DIPModule(LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_decay_on_divergence
             optimizer.state.clear()  # a fresh start: no momentum from the diverged steps
+        self._last_good.forget_state()
         self.lr_reductions += 1
         assert self._failed_run is not None and self._worst_run is not None
         self._failed_run.zero_()
@@ -744,10 +832,12 @@ class DIPModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Any] = {"guard_saved": [t.cpu() for t in self._guard_saved]}
+        # the last good state is the state a checkpoint holds (it is taken after each step)
+        state: dict[str, Any] = {}
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
         state["offsets"] = self._offsets.get_state()
+        state["offset_queue"] = list(self._offset_queue)
         state["divergence"] = {
             "lr_reductions": self.lr_reductions,
             "failed_run": None if self._failed_run is None else self._failed_run.cpu(),
@@ -757,17 +847,23 @@ class DIPModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("dip_state", {})
-        self._guard_saved = [t.to(self.device) for t in state.get("guard_saved", [])]
         self._generator_state = state.get("generator")
         if "offsets" in state:
             self._offsets.set_state(state["offsets"])
+            self._offset_queue = list(state.get("offset_queue", []))
         divergence = state.get("divergence", {})
         self.lr_reductions = int(divergence.get("lr_reductions", 0))
         self._failed_run = divergence.get("failed_run")
         self._worst_run = divergence.get("worst_run")
 
     def on_train_start(self) -> None:
-        self._guard_saved = [t.to(self.device) for t in self._guard_saved]
+        # the last good state: the state the fit starts from (initial or loaded), taken before
+        # any callback's on_train_batch_start
+        self._last_good.reset()
+        if self.guard_drop_db is not None and self.net is not None and self.trainer.optimizers:
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            self._last_good.save(params, self.trainer.optimizers[0])
+        self._host_reads = []
         self.stopped_on_divergence = False
 
     def on_train_end(self) -> None:
@@ -784,25 +880,152 @@ class DIPModule(LightningModule):
                 lr,
             )
 
+    # ------------------------------------------------------------------ scoring a checkpoint
 
-def roll_back(
-    params: Sequence[torch.Tensor],
-    saved: list[torch.Tensor],
-    bad_of: Callable[[torch.Tensor], torch.Tensor],
-) -> list[torch.Tensor]:
-    """The divergence guard's roll-back: where ``bad_of(param)`` (a mask broadcasting against
-    ``param``) is true, restore ``param`` from its last good copy in ``saved`` and zero its
-    gradient; then save every parameter as the new last good state. Returns ``saved`` (made on
-    the first call, when it is empty)."""
-    if not saved:
-        saved = [p.detach().clone() for p in params]
-    for param, good in zip(params, saved, strict=False):
-        bad = bad_of(param)
-        param.copy_(torch.where(bad, good, param))
-        good.copy_(param)
-        if param.grad is not None:
-            param.grad.masked_fill_(bad, 0.0)
-    return saved
+    def validation_scores(self, restored: torch.Tensor) -> dict[str, float]:
+        """``dip validate``: scores of ``restored`` ``(C, H, W)`` that need no clean image.
+
+        With held-out pixels (``holdout_fraction > 0``), the MSE of ``A(restored)`` against the
+        observation on them and its PSNR (the no-reference score the fit tracks); else the PSNR
+        of ``A(restored)`` against the observation (how closely the output explains it)."""
+        assert self.degradation is not None
+        observation = self.observation
+        with torch.no_grad():
+            predicted = self.degradation(restored[None].to(observation))
+        if self.holdout_keep is None:
+            return {"val/psnr_observed": float(psnr(predicted, observation))}
+        held = 1.0 - self.holdout_keep
+        error = (predicted - observation).square() * held
+        mse = error.sum() / (held.sum() * observation.shape[1])
+        return {
+            "val/heldout_mse": float(mse),
+            "val/heldout_psnr": float(-10 * torch.log10(mse.clamp_min(1e-12))),
+        }
+
+    def test_scores(self, restored: torch.Tensor) -> dict[str, float]:
+        """``dip test``: PSNR and SSIM of ``restored`` ``(C, H, W)`` against the data's clean
+        image, and the PSNR of the observation when it has the clean image's size."""
+        clean = self.sample.clean if self.sample is not None else None
+        if clean is None:
+            raise ConfigError(
+                "dip test needs the clean image: give --data.clean CLEAN (or a simulated "
+                "observation of a clean --data.image)"
+            )
+        scores = {
+            "test/psnr": float(psnr(restored[None], clean[None])),
+            "test/ssim": float(ssim(restored[None], clean[None])),
+        }
+        observation = self.sample.observation if self.sample is not None else None
+        if observation is not None and observation.shape == clean.shape:
+            scores["test/input_psnr"] = float(psnr(observation[None], clean[None]))
+        return scores
+
+
+class LastGoodState:
+    """The divergence guard's copy of the last good state: the parameters and their
+    optimizer's element-wise state, every state tensor of the parameter's shape (Adam's
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``; SGD's ``momentum_buffer``).
+
+    :meth:`save` copies them into buffers kept from step to step; :meth:`restore` sets them
+    back where a mask says, with ``torch.where`` on the device (no host sync). A state tensor
+    that did not exist when the copy was taken (before the optimizer's first step, or after
+    its state was cleared) is restored to zeros, the state of a fresh Adam. Other state, such
+    as Adam's step count, is left as the step made it.
+    """
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] = []
+        self.state: list[dict[str, torch.Tensor]] = []
+        #: whether a copy has been taken
+        self.ready = False
+
+    def reset(self) -> None:
+        """Forget the copy (a new fit takes it again at its first step)."""
+        self.params, self.state, self.ready = [], [], False
+
+    def forget_state(self) -> None:
+        """The optimizer's state was cleared: restore it to zeros until the next copy."""
+        self.state = [{} for _ in self.state]
+
+    @staticmethod
+    def _state_of(optimizer: Any, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer's own
+        state = optimizer.state.get(param, {})
+        return {
+            key: value
+            for key, value in state.items()
+            if isinstance(value, torch.Tensor)
+            and value.shape == param.shape
+            and value.device == param.device
+        }
+
+    def save(self, params: Sequence[torch.Tensor], optimizer: Any) -> None:
+        """Copy ``params`` and their optimizer state as the last good state."""
+        if len(self.params) != len(params):
+            self.params = [torch.empty_like(p) for p in params]
+            self.state = [{} for _ in params]
+        targets, sources = list(self.params), [p.detach() for p in params]
+        for param, saved in zip(params, self.state, strict=True):
+            for key, value in self._state_of(optimizer, param).items():
+                copy = saved.get(key)
+                if copy is None or copy.shape != value.shape or copy.dtype != value.dtype:
+                    copy = saved[key] = torch.empty_like(value)
+                targets.append(copy)
+                sources.append(value)
+        with torch.no_grad():
+            torch._foreach_copy_(targets, sources)
+        self.ready = True
+
+    def restore(
+        self,
+        params: Sequence[torch.Tensor],
+        optimizer: Any,
+        bad_of: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """Where ``bad_of(tensor)`` (a mask broadcasting against ``tensor``) is true, set each
+        parameter and its optimizer state back to the copy."""
+        with torch.no_grad():
+            for param, good, saved in zip(params, self.params, self.state, strict=True):
+                torch.where(bad_of(param), good, param, out=param)
+                for key, value in self._state_of(optimizer, param).items():
+                    mask = bad_of(value)
+                    previous = saved.get(key)
+                    if previous is None:
+                        value.masked_fill_(mask, 0)
+                    else:
+                        torch.where(mask, previous, value, out=value)
+
+
+def read_on_host(reads: Sequence[tuple[list[torch.Tensor], Callable[[list[float]], None]]]) -> None:
+    """Read every 0-dim tensor of ``reads`` on the host in one transfer (one host sync), and
+    call each ``then`` with its values as floats (in float64; float32 on Apple's MPS)."""
+    tensors = [t for values, _ in reads for t in values]
+    if not tensors:
+        return
+    device = tensors[0].device
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    stacked = torch.stack([t.detach().reshape(()).to(device=device, dtype=dtype) for t in tensors])
+    host = stacked.tolist()  # the host sync
+    start = 0
+    for values, then in reads:
+        then(host[start : start + len(values)])
+        start += len(values)
+
+
+def log_host_values(trainer: Any, values: dict[str, float], prog_bar: Collection[str]) -> None:
+    """Log ``values`` (numbers read at a log step) to ``trainer``'s loggers at its global step
+    and into ``trainer.callback_metrics`` (as CPU tensors); those named in ``prog_bar``, or
+    starting with ``stopping/``, also onto its progress bar (``trainer.progress_bar_metrics``,
+    the numbers Lightning's progress bars show)."""
+    if not values:
+        return
+    step = int(trainer.global_step)
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=step)
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in values.items()})
+    shown = {k: v for k, v in values.items() if k in prog_bar or k.startswith("stopping/")}
+    if shown:
+        trainer.progress_bar_metrics.update(shown)
 
 
 def _wants_fused(optimizer: torch.optim.Optimizer, net: nn.Module) -> bool:

@@ -11,7 +11,9 @@ gives the images of the separate fits to about ``1e-10``.
 
 Per image, as in a separate fit:
 
-* the divergence guard rolls back that network's block of every parameter only;
+* the divergence guard rolls back that network's block of every parameter and of its
+  element-wise optimizer state only (Adam's moments; its step count, one per parameter tensor
+  for all the networks, counts every step in a separate fit too);
 * the stopping criteria in ``trainer.callbacks`` are copied for each member, and an image whose
   criterion stops is *halted*: its network is rolled back every step and its output kept,
   while the others go on; the fit ends when every image has stopped (or at ``max_steps``);
@@ -48,7 +50,7 @@ from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
-from dip_lightning.tasks.base import DIPModule, roll_back
+from dip_lightning.tasks.base import DIPModule, LastGoodState, log_host_values, read_on_host
 
 __all__ = ["BatchedDIP", "MemberTrainer", "batch_names"]
 
@@ -145,6 +147,13 @@ class BatchedCallbacks(Callback):
                 for c in member_trainer.callbacks
             )
             member.halted = member.halted or stopped
+        if all(member.halted for member in module.dip_members()):
+            trainer.should_stop = True  # resumed after every image had stopped
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Any
+    ) -> None:
+        self._each("on_before_optimizer_step", pl_module, optimizer)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
@@ -256,7 +265,8 @@ class BatchedDIP(LightningModule):
         self.datas = list(datas)
         self.names = list(names)
         self.grouped: GroupedNetwork | None = None
-        self._guard_saved: list[torch.Tensor] = []
+        self._last_good = LastGoodState()
+        self._host_reads: list[tuple[list[torch.Tensor], Any]] = []
         self._compiled: list[torch.nn.Module] = []
 
     @property
@@ -339,7 +349,13 @@ class BatchedDIP(LightningModule):
             self._compiled.append(torch.compile(self.grouped))  # type: ignore[arg-type]
 
     def on_train_start(self) -> None:
-        self._guard_saved = [t.to(self.device) for t in self._guard_saved]
+        self._last_good.reset()  # the state the fit starts from (initial or loaded)
+        if self.grouped is not None and self.trainer.optimizers:
+            params = [p for p in self.grouped.parameters() if p.requires_grad]
+            self._last_good.save(params, self.trainer.optimizers[0])
+        self._host_reads = []
+        for member in self.dip_members():
+            member._host_reads = []
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Each member's output (cropped, in its buffers' precision) for the stacked ``z``."""
@@ -362,56 +378,83 @@ class BatchedDIP(LightningModule):
             z = z.contiguous(memory_format=torch.channels_last)
         losses = [member.fit_step(x, step) for member, x in zip(members, self(z), strict=True)]
         loss = torch.stack(losses).sum()
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self.first.is_log_step(step):
+            self._host_reads.append(
+                ([loss.detach()], lambda v: self.log_host_values({"train/loss": v[0]}))
+            )
         return loss
 
-    def on_after_backward(self) -> None:
-        """Roll back the block of each parameter that belongs to an image whose step diverged
-        (or that has stopped), and keep the others; then the per-image divergence policy."""
+    def log_host_values(self, values: dict[str, float]) -> None:
+        """Log numbers read at a log step (see :meth:`DIPModule.log_host_values`)."""
+        log_host_values(self.trainer, values, ("train/loss",))
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Any = None,
+    ) -> None:
+        """The step, then the roll-back of the block of each parameter and of its optimizer
+        state that belongs to an image whose step diverged (or that has stopped), the others
+        kept; then the per-image divergence policy and the log step's one host read."""
+        step = self.global_step + 1
         first = self.first
         members = self.dip_members()
-        if first.guard_drop_db is None and not any(m.halted for m in members):
-            return
-        if any(member._bad is None for member in members) or self.grouped is None:
-            return
-        bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
+        assert self.grouped is not None
         params = [p for p in self.grouped.parameters() if p.requires_grad]
+        guarded = first.guard_drop_db is not None or any(m.halted for m in members)
+        if not self._last_good.ready:
+            self._last_good.save(params, optimizer)  # the state before the first step
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if guarded and all(member._bad is not None for member in members):
+            bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
 
-        def rows(param: torch.Tensor) -> torch.Tensor:  # each network's block of the parameter
-            mask = bad.repeat_interleave(param.shape[0] // len(members))
-            return mask.view(-1, *([1] * (param.dim() - 1)))
+            def rows(tensor: torch.Tensor) -> torch.Tensor:  # each network's block of it
+                mask = bad.repeat_interleave(tensor.shape[0] // len(members))
+                return mask.view(-1, *([1] * (tensor.dim() - 1)))
 
+            with torch.no_grad():
+                self._last_good.restore(params, optimizer, rows)
+                for member in members:
+                    assert member._bad is not None
+                    if not member.halted:
+                        member.record_guard(member._bad)
         with torch.no_grad():
-            self._guard_saved = roll_back(params, self._guard_saved, rows)
-            for member in members:
-                assert member._bad is not None
-                if not member.halted:
-                    member.record_guard(member._bad)
-        step = self.global_step + 1
+            self._last_good.save(params, optimizer)
         limit = first.max_recoveries
-        if limit is not None and step % first._divergence_every == 0:
-            self.apply_divergence_policy(step, limit)
+        if guarded and limit is not None and first.is_log_step(step):
+            for member, name in zip(members, self.names, strict=True):
+                if not member.halted:
+                    member.check_divergence(step, self._halter(member, name, limit))
+        reads = [read for member in members for read in member._host_reads] + self._host_reads
+        for member in members:
+            member._host_reads = []
+        self._host_reads = []
+        read_on_host(reads)  # the one host read of a log step
 
-    def apply_divergence_policy(self, step: int, limit: int) -> None:
-        """Halt an image whose network was rolled back ``limit`` steps in a row (the learning
-        rate is shared, so it cannot be lowered for one image alone)."""
-        for member, name in zip(self.dip_members(), self.names, strict=True):
-            if member.halted:
-                continue
-            worst = member.take_worst_run()
-            if worst is not None and worst >= limit:
-                member.halted = True
-                member.stopped_on_divergence = True
-                log.warning(
-                    "%s: stopped at step %d: %d steps in a row diverged and were rolled back; "
-                    "kept the output of the good steps; fit it alone (its learning rate is "
-                    "then lowered) or with a lower model.lr",
-                    name,
-                    step,
-                    worst,
-                )
-        if all(member.halted for member in self.dip_members()):
-            self.trainer.should_stop = True
+    def _halter(self, member: DIPModule, name: str, limit: int) -> Any:
+        """What to do with ``member``'s longest run of roll-backs, read at a log step: halt it
+        after ``limit`` in a row (the learning rate is shared, so it cannot be lowered for
+        one image alone)."""
+
+        def act(step: int, worst: int) -> None:
+            if worst < limit or member.halted:
+                return
+            member.halted = True
+            member.stopped_on_divergence = True
+            log.warning(
+                "%s: stopped at step %d: %d steps in a row diverged and were rolled back; "
+                "kept the output of the good steps; fit it alone (its learning rate is "
+                "then lowered) or with a lower model.lr",
+                name,
+                step,
+                worst,
+            )
+            if all(m.halted for m in self.dip_members()):
+                self.trainer.should_stop = True
+
+        return act
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -427,14 +470,10 @@ class BatchedDIP(LightningModule):
                     "stopped_on_divergence": member.stopped_on_divergence,
                 }
             )
-        checkpoint["dip_batch"] = {
-            "members": states,
-            "guard_saved": [t.cpu() for t in self._guard_saved],
-        }
+        checkpoint["dip_batch"] = {"members": states}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         batch = checkpoint.get("dip_batch", {})
-        self._guard_saved = list(batch.get("guard_saved", []))
         for member, state in zip(self.dip_members(), batch.get("members", []), strict=False):
             member.on_load_checkpoint({"dip_state": state})
             member.halted = bool(state.get("halted", False))
