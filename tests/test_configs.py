@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CONFIGS, smooth_image, write_png
+from conftest import CONFIGS, REPO, smooth_image, write_png
 
-from dip_lightning.cli import main
+from dip_lightning.cli import DIPCLI, main
+from dip_lightning.data.datamodule import SingleImageDataModule, sample_image_path
 
 ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml"))
 
@@ -20,7 +21,8 @@ def small_inputs(config: Path, tmp_path: Path) -> list[str]:
 
     Every file its ``data`` section names gets a synthetic stand-in that fits: the image
     (48x40, or 1/scale of it when it is a low-resolution input), and a clean reference, a guide
-    and a half-known mask of the restored image's size.
+    and a half-known mask of the restored image's size. A config that simulates its
+    observation gets ``--data.simulate true`` with the image (else the image is the observation).
     """
     spec = yaml.safe_load(config.read_text())
     data = spec.get("data") or {}
@@ -35,6 +37,8 @@ def small_inputs(config: Path, tmp_path: Path) -> list[str]:
     low = 1 if simulate else scale  # a low-resolution input is 1/scale of that
     image = write_png(tmp_path / "image.png", smooth_image(height // low, width // low, channels))
     args = ["--data.image", str(image)]
+    if simulate:  # the stand-in is a clean image: the config's simulation is asked for
+        args += ["--data.simulate", "true"]
     if data.get("clean"):
         clean = write_png(tmp_path / "clean.png", smooth_image(height, width, channels, seed=1))
         args += ["--data.clean", str(clean)]
@@ -74,3 +78,17 @@ def test_config_runs_through_the_cli(config: Path, tmp_path: Path) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 3
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_cpu_configs_simulate_their_observation_on_the_embedded_sample(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # configs/flash.yaml names its guide from the repository root
+    cli = DIPCLI(args=["--config", str(config), "--trainer.logger=false"], run=False)
+    data = cli.datamodule
+    assert isinstance(data, SingleImageDataModule)
+    assert data.image_path == sample_image_path() and data.simulate
+    sample = cli.model.sample
+    assert sample is not None and sample.clean is not None  # scored against the clean sample
+    assert data.describe_observation().startswith("simulated the observation: ")

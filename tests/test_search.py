@@ -61,7 +61,13 @@ def write_spec(tmp_path: Path, overrides: dict[str, Any] | None = None, **fields
     image = write_png(tmp_path / "tiny.png", smooth_image(24, 24))
     spec: dict[str, Any] = {
         "base_config": str(CONFIGS / "denoise.yaml"),
-        "overrides": {"data.image": str(image), **TINY_FIT, **(overrides or {})},
+        # the image with the base config's noise simulated on it (the clean image is known)
+        "overrides": {
+            "data.image": str(image),
+            "data.noise_sigma": 25,
+            **TINY_FIT,
+            **(overrides or {}),
+        },
         "space": SPACE,
         "n_trials": 4,
         "seed": 0,

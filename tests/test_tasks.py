@@ -330,20 +330,6 @@ def test_flash_without_a_guide_gives_one_line(
     assert "data.guide" in cli_error(args, capsys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="jsonargparse #460: a subclass default (DenoisingDIP) passes its init_args on to the "
-    "class a user selects, shadowing that class's own defaults",
-)
-def test_a_task_selected_on_the_command_line_keeps_its_own_defaults(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    with pytest.raises(SystemExit):  # --print_config prints and exits
-        main(["fit", "--model", "dip_lightning.tasks.FlashNoFlashDIP", "--print_config"])
-    out = capsys.readouterr().out
-    assert "lr: 0.1\n" in out and "input_depth: 3\n" in out
-
-
 # ------------------------------------------------------------------------------------ Y-PSNR
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +107,137 @@ def jpeg_compress(x: torch.Tensor, quality: int) -> torch.Tensor:
     out = torch.from_numpy(decoded.copy())
     out = out[None] if out.dim() == 2 else out.permute(2, 0, 1).contiguous()
     return out.to(dtype=x.dtype, device=x.device)
+
+
+#: The data options that make a simulated observation out of a clean image.
+SIMULATION_OPTIONS: tuple[str, ...] = ("noise_sigma", "missing_ratio", "jpeg_quality")
+
+#: The value of each data option that leaves it out of the observation.
+_OFF: dict[str, Any] = {
+    "noise_sigma": 0.0,
+    "missing_ratio": 0.0,
+    "per_channel_mask": False,
+    "jpeg_quality": None,
+    "mask": None,
+    "scale": 1,
+    "simulate": None,
+    "clean": None,
+}
+
+#: Options that make the same part of the observation in two ways, with what they do and the
+#: advice for when both are given together: (first, second, what both do, keep first, keep
+#: second).
+_RIVALS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "mask",
+        "missing_ratio",
+        "both define the missing pixels",
+        "to use the mask file",
+        "to drop pixels at random",
+    ),
+    ("scale", "mask", "ask for super-resolution and inpainting", "to enlarge", "to inpaint"),
+    (
+        "scale",
+        "missing_ratio",
+        "ask for super-resolution and inpainting",
+        "to enlarge",
+        "to inpaint",
+    ),
+    (
+        "clean",
+        "simulate",
+        "both give the clean image (with simulate, data.image is the clean image)",
+        "to fit data.image as the observation",
+        "to simulate the observation from data.image",
+    ),
+)
+
+
+def _active(options: Mapping[str, Any], key: str) -> bool:
+    """Whether option ``key`` takes part in making the observation (is not left off)."""
+    value = options.get(key, _OFF.get(key))
+    if key == "simulate":
+        return value is True
+    return value is not None and value != _OFF.get(key) and value is not False
+
+
+def simulation_parts(options: Mapping[str, Any]) -> list[str]:
+    """What a simulated observation made with ``options`` (data options by name) would hold,
+    one phrase each: ``["Gaussian noise sigma 25"]``."""
+    parts = []
+    if _active(options, "scale"):
+        parts.append(f"{options['scale']}x downsampling")
+    if _active(options, "mask"):
+        parts.append(f"the pixels missing that {options['mask']} marks")
+    if _active(options, "missing_ratio"):
+        each = " in each channel" if options.get("per_channel_mask") else ""
+        parts.append(f"{options['missing_ratio']:.0%} of the pixels missing at random{each}")
+    if _active(options, "noise_sigma"):
+        parts.append(f"Gaussian noise sigma {options['noise_sigma']:g}")
+    if _active(options, "jpeg_quality"):
+        parts.append(f"JPEG quality {options['jpeg_quality']}")
+    return parts
+
+
+def settle_observation(
+    options: Mapping[str, Any], sources: Mapping[str, tuple[int, str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The data options that make the observation, from ``options`` given in several sources
+    (``sources["data.<name>"]``: the level of the source that gives it last and where that is;
+    see :func:`dip_lightning.presets.option_sources`). A later source replaces what an earlier
+    one says: of two options that make the same part of the observation in two ways (a mask
+    file and a random mask, a clean reference and a simulation, ...) the later one is kept and
+    the earlier one left off; given together (on one level) they are refused, naming the one to
+    drop. An image given later than every simulation setting is the observation itself: the
+    earlier settings are left off unless ``data.simulate`` is given with the image or later.
+
+    Returns the settled options and, when an image set a simulation aside, what that simulation
+    would have added (:func:`simulation_parts`)."""
+    settled = dict(options)
+
+    def level(key: str) -> int:
+        return sources.get(f"data.{key}", (-1, ""))[0]
+
+    for first, second, what, keep_first, keep_second in _RIVALS:
+        if not (_active(settled, first) and _active(settled, second)):
+            continue
+        if level(first) == level(second):
+            where = sources.get(f"data.{first}", (-1, "together"))[1]
+            raise ConfigError(
+                f"data.{first} and data.{second} {what} (both {where}); drop data.{second} "
+                f"{keep_first}, or data.{first} {keep_second}"
+            )
+        earlier = first if level(first) < level(second) else second
+        settled[earlier] = _OFF[earlier]
+    if not _active(settled, "missing_ratio"):
+        settled["per_channel_mask"] = False
+    # an explicit ``simulate: false`` and a simulation setting: the later one is kept
+    if settled.get("simulate") is False:
+        for key in SIMULATION_OPTIONS:
+            if _active(settled, key) and level(key) < level("simulate"):
+                settled[key] = _OFF[key]
+            elif _active(settled, key) and level(key) > level("simulate"):
+                settled["simulate"] = None
+    # an image given after every simulation setting is the observation as it is
+    image_level = max(
+        level("image") if settled.get("image") is not None else -1,
+        sources.get("batch.images", (-1, ""))[0],
+    )
+    chosen = level("simulate") >= image_level and settled.get("simulate") is not None
+    later = any(_active(settled, key) and level(key) >= image_level for key in SIMULATION_OPTIONS)
+    simulation = [key for key in SIMULATION_OPTIONS if _active(settled, key)]
+    aside: list[str] = []
+    if image_level >= 0 and not chosen and not later:
+        if simulation or _active(settled, "simulate"):
+            # what ``--data.simulate true`` would add (a mask file applies either way)
+            scale = settled.get("scale", 1) if _active(settled, "simulate") else 1
+            aside = simulation_parts({**settled, "mask": None, "scale": scale})
+        for key in simulation:
+            settled[key] = _OFF[key]
+        settled["per_channel_mask"] = False
+        if settled.get("simulate") is True:
+            settled["simulate"] = False
+    return settled, aside
 
 
 class SingleImageDataModule(LightningDataModule):
@@ -233,7 +366,8 @@ class SingleImageDataModule(LightningDataModule):
             )
         if self.mask_path is not None and self.missing_ratio > 0:
             raise ConfigError(
-                "data.mask and data.missing_ratio both define the missing pixels; give one of them"
+                "data.mask and data.missing_ratio both define the missing pixels; drop "
+                "data.missing_ratio to use the mask file, or data.mask to drop pixels at random"
             )
         if self.missing_ratio > 0 and not self.simulate:
             raise ConfigError(
@@ -279,6 +413,34 @@ class SingleImageDataModule(LightningDataModule):
         """The input's file name without its suffix (``cat`` for the embedded sample)."""
         return self.image_path.stem
 
+    def describe_observation(self, set_aside: Sequence[str] = ()) -> str:
+        """One line saying what the observation is: what was simulated on which image, or the
+        image as given (and, in ``set_aside``, what ``simulate`` would add to it).
+
+        >>> SingleImageDataModule(noise_sigma=25).describe_observation()
+        'simulated the observation: Gaussian noise sigma 25 on the embedded sample (seed 0)'
+        """
+        sample = self.image_path == sample_image_path()
+        source = "the embedded sample" if sample else str(self.image_path)
+        options = {
+            "noise_sigma": self.noise_sigma,
+            "missing_ratio": self.missing_ratio,
+            "per_channel_mask": self.per_channel_mask,
+            "jpeg_quality": self.jpeg_quality,
+            "mask": self.mask_path,
+            "scale": self.scale,
+        }
+        if self.simulate:
+            parts = simulation_parts(options) or ["no degradation"]
+            return f"simulated the observation: {', '.join(parts)} on {source} (seed {self.seed})"
+        line = f"observation: {source} as given"
+        if self.mask_path is not None:
+            line += f", the pixels missing that {self.mask_path} marks"
+        if self.scale > 1:
+            line += f", enlarged {self.scale}x"
+        hint = f"; --data.simulate true to add {', '.join(set_aside)}" if set_aside else ""
+        return f"{line} (no simulation{hint})"
+
     def make_sample(self, degradation: Degradation) -> ImageSample:
         """The observation for ``degradation``: simulated from ``image`` or ``image`` itself.
 
@@ -316,4 +478,15 @@ class SingleImageDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader[int]:
         steps = self.trainer.max_steps if self.trainer is not None else -1
-        return DataLoader(_RepeatedIndex(max(int(steps), 1)), batch_size=None)
+        return _StatelessLoader(_RepeatedIndex(max(int(steps), 1)), batch_size=None)
+
+
+class _StatelessLoader(DataLoader[int]):
+    """The loader of a fit: every item is the same, so it resumes anywhere with no state (its
+    ``state_dict`` tells Lightning so: a fit resumed mid-epoch is exact)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        pass

@@ -45,6 +45,7 @@ class InpaintingDIP(DIPModule):
             )
             return Mask(mask if data.per_channel_mask else mask[:1])
         raise ConfigError(
-            "inpainting needs the missing pixels: give data.mask (a mask file, white = known) or "
-            "data.missing_ratio (a fraction of a clean image's pixels to drop)"
+            "inpainting needs the missing pixels: give data.mask (a mask file, white = known), "
+            "or data.missing_ratio (a fraction of a clean image's pixels to drop; a config's "
+            "applies to an image given after it with data.simulate true)"
         )
