@@ -30,7 +30,18 @@ __all__ = ["SHELLS", "completion_parser", "completion_script", "main"]
 
 SHELLS = ("bash", "zsh", "tcsh")
 #: options completed with file names
-_FILE_OPTIONS = {"--config", "-c", "--mask", "--flash", "--clean", "--metrics", "--image"}
+_FILE_OPTIONS = {
+    "--config",
+    "-c",
+    "--mask",
+    "--flash",
+    "--clean",
+    "--metrics",
+    "--image",
+    "--ckpt_path",
+    "--output",
+    "-o",
+}
 
 
 class _Built(Exception):
@@ -139,6 +150,7 @@ def _copy_actions(source: Any, target: argparse.ArgumentParser, skip: Iterable[s
 
 def completion_parser() -> argparse.ArgumentParser:
     """A plain :mod:`argparse` tree with every ``dip`` command, its options and choices."""
+    from dip_lightning.cli import COMMANDS
     from dip_lightning.experiments import parser as experiment_parser
     from dip_lightning.restore import restore_parser
     from dip_lightning.search.cli import search_parser
@@ -146,24 +158,20 @@ def completion_parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="dip", add_help=True)
     root.add_argument("--version", "-V", action="store_true")
     commands = root.add_subparsers(dest="command")
-    lightning = _lightning_parser()
-    for name, source in _subcommands(lightning).items():
-        sub = commands.add_parser(name, help=f"LightningCLI {name}")
-        _copy_actions(source, sub, skip=())
-        sub.add_argument("--quiet", "-q", action="store_true")
-        for option in _module_options():
-            with contextlib.suppress(argparse.ArgumentError):
-                sub.add_argument(option)
-    for name, build, about in (
-        ("restore", restore_parser, "restore images, stopping by itself"),
-        ("search", search_parser, "an Optuna study"),
-        ("experiment", experiment_parser, "a seed experiment"),
-    ):
+    lightning = _subcommands(_lightning_parser())
+    others = {"restore": restore_parser, "search": search_parser, "experiment": experiment_parser}
+    for name, about in COMMANDS.items():  # in the order of dip --help
         sub = commands.add_parser(name, help=about)
-        _copy_actions(build(), sub, skip=())
-    commands.add_parser("presets", help="list the built-in presets")
-    sub = commands.add_parser("completion", help="print a shell completion script")
-    sub.add_argument("shell", choices=list(SHELLS))
+        if name in others:
+            _copy_actions(others[name](), sub, skip=())
+        elif name == "completion":
+            sub.add_argument("shell", choices=list(SHELLS))
+        elif name in lightning:
+            _copy_actions(lightning[name], sub, skip=())
+            sub.add_argument("--quiet", "-q", action="store_true")
+            for option in _module_options():
+                with contextlib.suppress(argparse.ArgumentError):
+                    sub.add_argument(option)
     return root
 
 
