@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dip_lightning.callbacks.fbc import FBCLogger
-from dip_lightning.errors import ConfigError, DIPError
+from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.io_utils import atomic_write_text
 
 log = logging.getLogger("dip_lightning.experiments")
@@ -332,7 +332,9 @@ def run_fit(
             cli = DIPCLI(args=args, run=False, parser_kwargs={"exit_on_error": False})
         except Exception as exc:
             error = user_error(exc)
-            raise ConfigError(f"{label}: {error or exc}") from None
+            if error is None:  # a fault of the experiment's own arguments: keep the traceback
+                raise
+            raise ConfigError(f"{label}: {error}") from None
         trainer = cli.trainer
         recorder = Recorder()
         callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
@@ -386,12 +388,11 @@ def _finish(
 
 
 def load_rgb(path: Path) -> torch.Tensor:
-    """``(3, H, W)`` float image in [0, 1] (gray images are expanded)."""
-    from PIL import Image
+    """``(3, H, W)`` float image in [0, 1] (gray images are expanded); a file that cannot be
+    read raises :class:`~dip_lightning.errors.ImageError` with a one-line message."""
+    from dip_lightning.data.io import load_image
 
-    with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return load_image(path, grayscale=False).tensor
 
 
 def save_rgb(image: torch.Tensor, path: Path) -> Path:
@@ -551,7 +552,8 @@ def spectral_bias(ctx: Context) -> list[Path]:
     every = max(1, steps // 50)
     results = []
     for name, extra in SPECTRAL_VARIANTS.items():
-        args = ["--data.image", str(image), *skip_net_args(ctx.size), *extra]
+        args = ["--data.image", str(image), "--data.simulate=true"]
+        args += [*skip_net_args(ctx.size), *extra]
         results.append(run_fit(ctx, "spectral_bias", name, args, {"variant": name}, None, every))
     rows = []
     for result in results:
@@ -658,7 +660,7 @@ def skip_ablation(ctx: Context) -> list[Path]:
                 ctx,
                 f"skip_ablation_{task}",
                 f"{task}_{arch}",
-                ["--data.image", str(image), *args],
+                ["--data.image", str(image), "--data.simulate=true", *args],
                 steps=ctx.steps_for("skip_ablation"),
             )
             results.setdefault(task, []).append(result)
@@ -727,7 +729,8 @@ def sensitivity(ctx: Context) -> list[Path]:
             for seed in range(ctx.seeds):
                 label = f"{parameter}_{name}" + (f"_seed{seed}" if seed else "")
                 seed_args = [f"--model.init_args.seed={seed}"] if seed else []
-                args = ["--data.image", str(image), *skip_net_args(ctx.size), *extra, *seed_args]
+                args = ["--data.image", str(image), "--data.simulate=true"]
+                args += [*skip_net_args(ctx.size), *extra, *seed_args]
                 result = run_fit(ctx, "sensitivity", label, args)
                 rows.append(
                     {"parameter": parameter, "value": value, "seed": seed, **summary_row(result)}
@@ -818,7 +821,7 @@ def structural_feedback(ctx: Context) -> list[Path]:
                     },
                 }
                 feedback = f"--model.init_args.feedback={json.dumps(spec)}"
-            args = ["--data.image", str(image), *net, feedback]
+            args = ["--data.image", str(image), "--data.simulate=true", *net, feedback]
             result = run_fit(ctx, "structural_feedback", f"{path.stem}_{variant}", args)
             results.setdefault(variant, []).append(result)
             rows.append(
@@ -967,16 +970,37 @@ def main(args: Sequence[str] | None = None) -> None:
         parsed = parser().parse_args(argv)
     except argparse.ArgumentError as exc:
         raise ConfigError(tidy_parser_message(str(exc))) from None
-    run_experiment(
-        parsed.name,
-        out=parsed.out,
-        size=parsed.size,
-        image=parsed.image,
-        images=parsed.images,
-        steps=parsed.steps,
-        feedback_weight=parsed.feedback_weight,
-        seeds=parsed.seeds,
-    )
+    try:
+        run_experiment(
+            parsed.name,
+            out=parsed.out,
+            size=parsed.size,
+            image=parsed.image,
+            images=parsed.images,
+            steps=parsed.steps,
+            feedback_weight=parsed.feedback_weight,
+            seeds=parsed.seeds,
+        )
+    except OSError as exc:
+        given = [parsed.out or Path("experiments") / parsed.name, parsed.image, parsed.images]
+        if not _names_a_user_path(exc, [Path(p) for p in given if p]):
+            raise
+        action = "write" if exc.filename and _is_under(exc.filename, given[0]) else "read"
+        raise ConfigError(
+            f"cannot {action} {exc.filename}: {exc.strerror or one_line(exc)}; check the path"
+        ) from None
+
+
+def _is_under(name: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    path, root = Path(os.path.abspath(name)), Path(os.path.abspath(folder))
+    return path == root or root in path.parents
+
+
+def _names_a_user_path(exc: OSError, paths: Sequence[Path]) -> bool:
+    """Whether ``exc`` is about one of the paths the user gave (or a file beneath one, or a
+    folder above one that had to be created): the user's to fix, not a fault of the code."""
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    return any(_is_under(name, path) or _is_under(path, name) for name in names for path in paths)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,27 +14,43 @@ atomically, with the input's size (times ``--scale``), mode and bit depth. With 
 input that fails gets its one error line and the others are still restored; the exit status is
 then 2. ``--batch-size K`` fits up to ``K`` inputs of one size at once as one grouped network
 (:class:`~dip_lightning.tasks.batched.BatchedDIP`), each stopping by itself.
+
+It prints a progress bar that counts towards the step where the criterion will stop
+(:class:`~dip_lightning.callbacks.progress.StoppingProgressBar`), one line per output, and a
+one-line warning when ``--max-steps`` ended a fit before its criterion stopped it; Lightning's
+own output only with ``--verbose``. Without ``--logdir`` each fit runs in a temporary folder that
+is removed, whether it succeeds or fails. :func:`restore_image` is the same from Python.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import (
+    ActionConfigFile,
+    ActionYesNo,
+    ArgumentParser,
+    DefaultHelpFormatter,
+    Namespace,
+)
 
-from dip_lightning.data.io import SUPPORTED_SUFFIXES
+from dip_lightning.data.io import SUPPORTED_SUFFIXES, not_found
 from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.presets import list_presets
 
-__all__ = ["RESTORE_PRESETS", "main", "restore_parser"]
+__all__ = ["RESTORE_PRESETS", "Restored", "main", "restore_image", "restore_parser"]
 
 log = logging.getLogger("dip_lightning")
 
@@ -78,6 +94,10 @@ HELDOUT_PATIENCE: dict[str, int] = {
 DEFAULT_CRITERION: dict[str, str] = {"inpaint": "variance"}
 
 
+#: ``--scale`` when none is given.
+DEFAULT_SCALE = 4
+
+
 def default_criterion(task: str) -> str:
     """The criterion ``--criterion auto`` picks for ``task``."""
     return DEFAULT_CRITERION.get(task, "heldout")
@@ -105,6 +125,7 @@ def restore_parser() -> ArgumentParser:
         description="Restore images with Deep Image Prior, stopping without ground truth.",
         exit_on_error=False,
         default_env=False,
+        formatter_class=_HelpFormatter,
     )
 
     def option(name: str, **kwargs: Any) -> None:
@@ -124,7 +145,12 @@ def restore_parser() -> ArgumentParser:
     )
     option("task", type=Task, default="denoise", help="What to undo.")
     option("mask", type=str | None, default=None, help="inpaint: mask file (white = known).")
-    option("scale", type=int, default=4, help="super-resolution: factor (2, 4 or 8).")
+    option(
+        "scale",
+        type=int | None,
+        default=None,
+        help=f"super-resolution: the factor, 2, 4 or 8 (default: {DEFAULT_SCALE}).",
+    )
     option("flash", type=str | None, default=None, help="flash: the flash image (the guide).")
     option(
         "preset",
@@ -136,7 +162,7 @@ def restore_parser() -> ArgumentParser:
         "criterion",
         type=Criterion,
         default="auto",
-        help="heldout: error on 5%% of the observed pixels left out of the fit; variance: "
+        help="heldout: error on 5% of the observed pixels left out of the fit; variance: "
         "windowed moving variance of the outputs; ema-variance: its exponential variant; "
         "auto: variance for inpaint, heldout for the other tasks.",
     )
@@ -148,14 +174,27 @@ def restore_parser() -> ArgumentParser:
         "denoise, jpeg and flash, 1000 for inpaint and super-resolution; variance and "
         "ema-variance 1000).",
     )
-    option("device", type=Literal["auto", "cpu", "cuda"], default="auto")
+    option(
+        "device",
+        type=Literal["auto", "cpu", "cuda"],
+        default="auto",
+        help="Where to fit: cuda (a GPU), cpu, or auto (a GPU when there is one).",
+    )
     option(
         "precision",
         type=str | None,
         default=None,
-        help="Trainer precision (32-true, bf16-mixed, 16-mixed); default: the preset's.",
+        help="Trainer precision (32-true, bf16-mixed, 16-mixed), or auto: bf16-mixed where "
+        "the hardware multiplies bf16 natively (a CPU with AVX512-BF16 or AMX, a GPU of compute "
+        "capability 8.0 or later), else 32-true, printing what it chose; default: the preset's.",
     )
-    option("max_steps", type=int | None, default=None, help="At most this many steps.")
+    option(
+        "max_steps",
+        type=int | None,
+        default=None,
+        help="At most this many steps, in case the criterion has not stopped the fit before "
+        f"(default: the preset's cap; {_max_steps_help()}).",
+    )
     option("seed", type=int, default=0, help="Seed of the network, its input and the hold-out.")
     option(
         "clean",
@@ -190,7 +229,56 @@ def restore_parser() -> ArgumentParser:
         default=False,
         help="No progress bar; warnings and errors only.",
     )
+    option(
+        "verbose",
+        action=ActionYesNo,
+        default=False,
+        help="Also Lightning's own output: the devices, the model summary, its notices and "
+        "warnings.",
+    )
     return parser
+
+
+class _HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, but an option whose text says its default shows that one only
+    (not the parser's ``null`` for "the preset's")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default: " not in text:
+            return super()._get_help_string(action)
+        default, action.default = action.default, argparse.SUPPRESS
+        try:
+            return super()._get_help_string(action)
+        finally:
+            action.default = default
+
+
+def preset_max_steps(preset: str, task: str) -> int | None:
+    """``trainer.max_steps`` of the fit config of ``preset`` and ``task`` (``dip restore``'s
+    step cap when ``--max-steps`` is not given)."""
+    import yaml
+
+    path = list_presets().get(RESTORE_PRESETS[preset][task])
+    if path is None:
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    steps = (config.get("trainer") or {}).get("max_steps")
+    return int(steps) if steps is not None else None
+
+
+def _max_steps_help() -> str:
+    """``fast: 3000, flash 2000; paper: ...`` from the presets themselves."""
+    parts = []
+    for preset, tasks in RESTORE_PRESETS.items():
+        steps = {task: preset_max_steps(preset, task) for task in tasks}
+        counts: dict[int | None, int] = {}
+        for value in steps.values():
+            counts[value] = counts.get(value, 0) + 1
+        common = max(counts, key=lambda value: counts[value])
+        others = ", ".join(f"{task} {value}" for task, value in steps.items() if value != common)
+        parts.append(f"{preset}: {common}" + (f", {others}" if others else ""))
+    return "; ".join(parts)
 
 
 @dataclass
@@ -280,8 +368,10 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         f"--data.seed={cfg.seed}",
         f"--model.seed={cfg.seed}",
         f"--trainer.default_root_dir={run_dir}",
-        f"--trainer.callbacks+={criterion}",
     ]
+    if not cfg.quiet:  # before the criterion, whose options follow it
+        args.append("--trainer.callbacks+=dip_lightning.callbacks.progress.StoppingProgressBar")
+    args.append(f"--trainer.callbacks+={criterion}")
     patience = (
         cfg.patience if cfg.patience is not None else default_patience(cfg.task, cfg.criterion)
     )
@@ -298,7 +388,8 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
     elif cfg.mask:
         raise ConfigError(f"--mask is for --task inpaint, not {cfg.task}")
     if cfg.task == "super-resolution":
-        args.append(f"--data.scale={cfg.scale}")
+        scale = cfg.scale if cfg.scale is not None else DEFAULT_SCALE
+        args.append(f"--data.scale={scale}")
     if cfg.task == "flash":
         if not cfg.flash:
             raise ConfigError("--task flash needs --flash (the flash image of the same scene)")
@@ -307,7 +398,13 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         raise ConfigError(f"--flash is for --task flash, not {cfg.task}")
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[cfg.device]
     args += [f"--trainer.accelerator={accelerator}", "--trainer.devices=1"]
-    if cfg.precision:
+    if cfg.precision == "auto":
+        from dip_lightning.precision import choose_precision
+
+        choice = choose_precision(cfg.device)
+        log.info("%s", choice)
+        args.append(f"--trainer.precision={choice.precision}")
+    elif cfg.precision:
         args.append(f"--trainer.precision={cfg.precision}")
     if cfg.max_steps is not None:
         if cfg.max_steps < 1:
@@ -323,13 +420,18 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
     else:
         args.append("--trainer.logger=false")
     if cfg.quiet:
-        args += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+        args.append("--trainer.enable_progress_bar=false")
+    if not cfg.get("verbose"):
+        args.append("--trainer.enable_model_summary=false")
     return args
 
 
 def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[dict[str, Any]]:
     """Restore each of ``jobs`` into its output, in one fit (a batched one for several jobs);
-    their metrics. Raises :class:`DIPError`."""
+    their metrics. Raises :class:`DIPError`.
+
+    Without ``--logdir`` the fit runs in a temporary folder, removed when the fit ends or fails;
+    only an interrupted fit keeps it (its checkpoint continues with ``--resume``)."""
     import json
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -340,17 +442,17 @@ def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[d
     for job in jobs:
         check_output(job, inputs, cfg.overwrite)
         if not job.input.exists():
-            raise ConfigError(f"cannot read image: {job.input}: no such file")
+            raise ConfigError(not_found("image", job.input))
     scratch = cfg.logdir is None
     run_dir = Path(tempfile.mkdtemp(prefix="dip-restore-")) if scratch else Path(cfg.logdir)
-    args = fit_arguments(cfg, jobs[0], run_dir)
-    folders = [""]
-    if len(jobs) > 1:
-        images = [str(job.input) for job in jobs]
-        args.append(f"--batch.images={json.dumps(images)}")
-        folders = batch_names(images, 1)
     keep = False
     try:
+        args = fit_arguments(cfg, jobs[0], run_dir)
+        folders = [""]
+        if len(jobs) > 1:
+            images = [str(job.input) for job in jobs]
+            args.append(f"--batch.images={json.dumps(images)}")
+            folders = batch_names(images, 1)
         cli = DIPCLI(args=args, run=False)
         trainer = cli.trainer
         directory = Path(trainer.log_dir or trainer.default_root_dir)
@@ -385,6 +487,9 @@ def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[d
                 metrics.get("steps"),
                 f", psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else "",
             )
+            warning = cut_short(metrics, trainer.max_steps)
+            if warning:
+                log.warning("warning: %s: %s", job.input, warning)
             results.append(metrics)
         return results
     finally:
@@ -392,9 +497,55 @@ def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[d
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def cut_short(metrics: dict[str, Any], max_steps: int | None) -> str | None:
+    """What to tell of a fit that reached the step cap ``max_steps`` before its stopping
+    criterion stopped it (its image is the criterion's best so far, or the last one when it
+    scored no step: it can be worse than the input), else ``None``.
+
+    >>> criteria = {"heldout": {"would_stop_step": None, "selected_step": 95}}
+    >>> message = cut_short({"steps": 100, "stopping": "heldout", "criteria": criteria}, 100)
+    >>> print(*message.split("; "), sep="\\n")
+    the fit reached the step cap (100, --max-steps) before the heldout criterion stopped it
+    the image written is step 95, its best so far, and may be worse than the input
+    >>> criteria = {"heldout": {"would_stop_step": 612, "selected_step": 412}}
+    >>> cut_short({"steps": 612, "stopping": "heldout", "criteria": criteria}, 3000) is None
+    True
+    """
+    criteria = metrics.get("criteria") or {}
+    name = metrics.get("stopping") or next(iter(criteria), None)  # none: no step scored
+    criterion = criteria.get(name)
+    if criterion is None or criterion.get("would_stop_step") is not None:
+        return None
+    if max_steps is None or max_steps < 1 or int(metrics.get("steps", 0)) < max_steps:
+        return None  # stopped otherwise (a diverging fit)
+    chosen = criterion.get("selected_step")
+    head = f"the fit reached the step cap ({max_steps}, --max-steps) before the {name} criterion"
+    if chosen is None:
+        written = "the image written is the last step"
+        return f"{head} scored a step; {written} and may be worse than the input"
+    written = f"the image written is step {chosen}, its best so far,"
+    return f"{head} stopped it; {written} and may be worse than the input"
+
+
+#: EXIF orientations that turn the stored image by 90 degrees (width and height swap).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def oriented_size(image: Any) -> tuple[int, int]:
+    """``(width, height)`` of a Pillow image as it is fitted: after its EXIF orientation, as
+    :func:`~dip_lightning.data.io.load_image` turns it (a corrupt EXIF block: as stored)."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # corrupt EXIF: load_image keeps the pixels as stored
+        return width, height
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
 def batches(jobs: list[Job], size: int) -> list[list[Job]]:
-    """``jobs`` in batches of at most ``size`` inputs of one size and mode (in input order
-    within each size; an input that cannot be read is a batch of its own, to fail alone)."""
+    """``jobs`` in batches of at most ``size`` inputs of one size (after EXIF orientation) and
+    mode, in input order within each size; an input that cannot be read is a batch of its own,
+    to fail alone."""
     if size == 1:
         return [[job] for job in jobs]
     from PIL import Image
@@ -404,7 +555,7 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
     for index, job in enumerate(jobs):
         try:
             with Image.open(job.input) as image:
-                key: Any = (image.size, image.mode)
+                key: Any = (oriented_size(image), image.mode)
         except (OSError, ValueError):
             key = ("unreadable", index)
         runs = groups.setdefault(key, [])
@@ -439,7 +590,7 @@ def parse(argv: list[str]) -> Namespace:
         raise ConfigError(f"{tidy_parser_message(str(exc))} (see dip restore --help)") from None
     except (UnicodeDecodeError, ValueError, TypeError) as exc:  # a --config that is not YAML
         raise ConfigError(f"cannot read the options: {exc}; give a YAML file to --config") from None
-    if cfg.task != "super-resolution" and "--scale" in " ".join(argv):
+    if cfg.task != "super-resolution" and cfg.scale is not None:
         raise ConfigError(f"--scale is for --task super-resolution, not {cfg.task}")
     if cfg.clean and len(cfg.inputs) > 1:
         raise ConfigError("--clean is a reference for one input; give one input with it")
@@ -455,18 +606,41 @@ def main(argv: list[str] | None = None) -> None:
     ``restore``."""
     args = list(sys.argv[2:] if argv is None else argv)
     cfg = parse(args)
-    levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
-    if cfg.quiet:
-        for name in _QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-    try:
+    with quiet_output(verbose=cfg.verbose, quiet=cfg.quiet):
         _restore_all(cfg)
+
+
+@contextlib.contextmanager
+def quiet_output(verbose: bool = False, quiet: bool = False) -> Iterator[None]:
+    """What ``dip restore`` and :func:`restore_image` print: the output of each input and
+    warnings. Lightning's notices (devices, "max_steps reached", tips) and Python warnings from
+    the libraries only with ``verbose``; with ``quiet`` warnings and errors only. The run
+    folder's own files (a temporary folder, removed) are never announced."""
+    names = ["dip_lightning.callbacks.artifacts"]
+    if not verbose:
+        names += ["lightning.pytorch", "lightning.fabric", "dip_lightning.callbacks"]
+    if quiet:
+        names.append("dip_lightning")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                for module in (
+                    "lightning",
+                    "lightning_fabric",
+                    "pytorch_lightning",
+                    "torchmetrics",
+                ):
+                    warnings.filterwarnings("ignore", module=rf"{module}(\.|$)")
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
     finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-_QUIET_LOGGERS = ("dip_lightning", "lightning.pytorch")
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _restore_all(cfg: Namespace) -> None:
@@ -503,3 +677,94 @@ def _restore_all(cfg: Namespace) -> None:
     if failed:
         sys.stderr.write(f"error: {failed} of {len(jobs)} inputs failed\n")
         raise SystemExit(2)
+
+
+@dataclass
+class Restored:
+    """What :func:`restore_image` returns."""
+
+    #: the restored image, ``(C, H, W)`` float32 in [0, 1] (as written, so quantised to the
+    #: input's bit depth)
+    image: Any
+    #: what ``dip restore --metrics`` writes: ``selected_step``, ``steps``, ``stopping``, ...
+    metrics: dict[str, Any]
+    #: the file written, ``None`` when no ``output`` was given
+    output: Path | None
+
+
+def restore_image(
+    image: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    task: str = "denoise",
+    mask: str | os.PathLike[str] | None = None,
+    scale: int | None = None,
+    flash: str | os.PathLike[str] | None = None,
+    preset: str = "fast",
+    criterion: str = "auto",
+    patience: int | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str | None = None,
+    clean: str | os.PathLike[str] | None = None,
+    logdir: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+) -> Restored:
+    """Restore one image as ``dip restore`` does: the same preset (``fast``: a network sized
+    for a CPU), the same stopping criterion without ground truth, the same defaults.
+
+    ``output`` (optional) receives the image, atomically, with the input's mode and bit depth.
+    With ``logdir`` the fit's run is kept in ``<logdir>/<image name>/version_<n>/``
+    (TensorBoard events, ``metrics.json`` and ``checkpoints/last.ckpt``, which ``resume``
+    continues); without it the fit runs in a temporary folder that is removed. Lightning's own
+    output (devices, model summary, its warnings) only with ``verbose``; ``progress=False``
+    hides the progress bar. The keyword arguments are ``dip restore``'s options (see
+    ``dip restore --help``); a mistake raises :class:`~dip_lightning.errors.DIPError` with a
+    one-line message.
+    """
+    from dip_lightning.data.io import load_image
+
+    values: dict[str, Any] = {
+        "task": task,
+        "mask": mask,
+        "scale": scale,
+        "flash": flash,
+        "preset": preset,
+        "criterion": criterion,
+        "patience": patience,
+        "max_steps": max_steps,
+        "seed": seed,
+        "device": device,
+        "precision": precision,
+        "clean": clean,
+        "logdir": logdir,
+        "resume": resume,
+    }
+    source = os.fspath(image)
+    if source.startswith("-"):  # not an option
+        source = os.path.join(".", source)
+    with contextlib.ExitStack() as stack:
+        if output is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="dip-restore-"))
+            target = Path(folder) / f"{Path(source).stem}.png"
+        else:
+            target = Path(output)
+        argv = [source, f"--output={target}"]
+        argv += [f"--{key}={_text(v)}" for key, v in values.items() if v is not None]
+        flags = {"overwrite": overwrite, "quiet": not progress, "verbose": verbose}
+        argv += [f"--{key}" if on else f"--no_{key}" for key, on in flags.items()]
+        cfg = parse(argv)
+        jobs = plan(cfg.inputs, cfg.output)
+        with quiet_output(verbose=cfg.verbose, quiet=False):
+            (metrics,) = restore_batch(cfg, jobs, [job.input for job in jobs])
+        restored = load_image(jobs[0].output, what="restored image").tensor
+        return Restored(restored, metrics, None if output is None else jobs[0].output)
+
+
+def _text(value: Any) -> str:
+    """A keyword argument of :func:`restore_image` as a command-line value."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)

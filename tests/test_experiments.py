@@ -168,3 +168,44 @@ def test_fitting_targets_are_seeded_and_keep_the_pixels() -> None:
     shuffled = a["shuffled"].reshape(3, -1)
     assert torch.equal(flat.sort(dim=1).values, shuffled.sort(dim=1).values)
     assert not torch.equal(flat, shuffled)
+
+
+def test_a_fault_in_the_code_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a user's mistake becomes a one-line error; a bug is not disguised as one."""
+    import dip_lightning.cli as cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a fault of the code")
+
+    monkeypatch.setattr(cli, "DIPCLI", broken)
+    with pytest.raises(RuntimeError, match="a fault of the code"):
+        main(["experiment", "mask_ratio", "--size", "tiny", "--steps", "2", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--out", "{file}/out"],
+            "error: cannot write {file}/out: Not a directory; check the path",
+        ),
+        (
+            ["--image", "{file}"],
+            "error: cannot read image: {file}: not a recognised image file; check that it is a "
+            "valid, complete image file (PNG, JPEG, TIFF, ...)",
+        ),
+    ],
+)
+def test_a_path_the_user_gave_that_fails_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    file = tmp_path / "file.png"
+    file.write_bytes(b"not an image")
+    args = [a.format(file=file) for a in option]
+    out = ["--out", str(tmp_path / "out")] if option[0] != "--out" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", "mask_ratio", "--size", "tiny", "--steps", "2", *out, *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == message.format(file=file) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,13 @@ def noisy(path: Path, height: int = 23, width: int = 29, channels: int = 3) -> P
     return write_png(path, noisy_image)
 
 
+def file_psnr(path: Path, reference: Path) -> float:
+    """PSNR in dB of two 8-bit image files."""
+    with Image.open(path) as a, Image.open(reference) as b:
+        error = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(10 * np.log10(255**2 / np.mean(error**2)))
+
+
 def run(args: list[str]) -> int:
     try:
         main(["restore", *args])
@@ -71,23 +79,31 @@ def test_restore_with_a_clean_reference_reports_psnr(tmp_path: Path) -> None:
     clean = write_png(tmp_path / "clean.png", smooth_image(23, 29, 3))
     out, metrics = tmp_path / "out.png", tmp_path / "m.json"
     args = [str(source), "-o", str(out), "--clean", str(clean), "--metrics", str(metrics)]
-    assert (
-        run([*args, "--criterion", "ema-variance", "--seed", "3", *FAST, "--max-steps", "30"]) == 0
-    )
+    fit = ["--criterion", "ema-variance", "--seed", "3", *FAST, "--max-steps", "150"]
+    assert run([*args, *fit, "--patience", "40"]) == 0
     values = json.loads(metrics.read_text())
     assert values["stopping"] == "ema_variance"
-    assert values["psnr"] > 0 and values["input_psnr"] > 0
+    # the reported values are those of the files, and the restored image gains over the input
+    assert values["psnr"] == pytest.approx(file_psnr(out, clean), abs=0.1)
+    assert values["input_psnr"] == pytest.approx(file_psnr(source, clean), abs=0.01)
+    assert values["psnr"] > values["input_psnr"] + 2
     assert values["criteria"]["ema_variance"]["selected_step"] == values["selected_step"]
 
 
 def test_restore_inpaints_through_a_mask(tmp_path: Path) -> None:
-    source = write_png(tmp_path / "in.png", smooth_image(23, 29, 3))
+    clean = smooth_image(23, 29, 3)
     rows, cols = np.indices((23, 29)) // 3
-    mask = write_png(tmp_path / "mask.png", np.where((rows + cols) % 2, 255, 0).astype(np.uint8))
+    known = (rows + cols) % 2 == 1
+    mask = write_png(tmp_path / "mask.png", np.where(known, 255, 0).astype(np.uint8))
+    source = write_png(tmp_path / "in.png", np.where(known[..., None], clean, 0).astype(np.uint8))
     out = tmp_path / "out.png"
     assert run([str(source), "-o", str(out), "--task", "inpaint", "--mask", str(mask), *FAST]) == 0
     with Image.open(out) as image:
         assert image.size == (29, 23)
+        restored = np.asarray(image, dtype=np.float64)
+    # the holes are filled far closer to the hidden pixels than the black of the input
+    error = np.abs(restored - clean)[~known].mean()
+    assert error < 0.4 * np.abs(np.asarray(clean, dtype=np.float64))[~known].mean(), error
 
 
 def test_restore_super_resolves_by_the_scale(tmp_path: Path) -> None:
@@ -103,8 +119,11 @@ def test_restore_with_a_flash_guide(tmp_path: Path) -> None:
     source = noisy(tmp_path / "noflash.png")
     flash = write_png(tmp_path / "flash.png", smooth_image(23, 29, 3, seed=4))
     out = tmp_path / "out.png"
-    assert run([str(source), "-o", str(out), "--task", "flash", "--flash", str(flash), *FAST]) == 0
-    assert out.is_file()
+    fit = [*FAST, "--max-steps", "200", "--patience", "60"]
+    assert run([str(source), "-o", str(out), "--task", "flash", "--flash", str(flash), *fit]) == 0
+    clean = tmp_path / "clean.png"
+    write_png(clean, smooth_image(23, 29, 3))
+    assert file_psnr(out, clean) > file_psnr(source, clean) + 3
 
 
 def test_several_inputs_and_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,10 +154,13 @@ def test_outputs_are_named_after_inputs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["{in}", "-o", "{in}"], "is an input"),
-        (["{in}", "-o", "{existing}"], "--overwrite"),
+        (["{in}", "-o", "{in}"], "the output {in} is an input; choose another output path"),
+        (["{in}", "-o", "{existing}"], "{existing} exists; pass --overwrite to replace it"),
         (["{in}", "-o", "{dir}/out.xyz"], "unsupported extension"),
-        (["{dir}/missing.png", "-o", "{dir}/o.png"], "no such file"),
+        (
+            ["{dir}/missing.png", "-o", "{dir}/o.png"],
+            "image not found: {dir}/missing.png; check the path",
+        ),
         (["{in}", "-o", "{dir}/o.png", "--task", "inpaint"], "needs --mask"),
         (["{in}", "-o", "{dir}/o.png", "--task", "flash"], "needs --flash"),
         (["{in}", "-o", "{dir}/o.png", "--scale", "2"], "--scale is for"),
@@ -157,7 +179,8 @@ def test_bad_arguments_are_one_line_errors(
     before = sorted(p.name for p in tmp_path.iterdir())
     assert run(FAST + [a.format(**values) for a in args]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+    assert len(err.splitlines()) == 1 and err.startswith("error:")
+    assert message.format(**values) in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert existing.read_bytes() == b"keep me"
 
@@ -214,7 +237,262 @@ def test_the_criterion_follows_the_task_unless_given(
     tmp_path: Path, task: str, extra: list[str], callback: str
 ) -> None:
     args = _fit_arguments(tmp_path, task, extra)
-    added = [a for a in args if a.startswith("--trainer.callbacks+=")]
+    added = [a for a in args if a.startswith("--trainer.callbacks+=") and "progress" not in a]
     assert added == [f"--trainer.callbacks+=dip_lightning.callbacks.{callback}"]
     holdout = "--model.init_args.holdout_fraction=0.05"
     assert (holdout in args) == (callback == "HeldoutStopping")
+
+
+# ------------------------------------------------------------------ the progress bar
+
+
+def test_the_bar_counts_to_where_the_criterion_stops_not_to_the_cap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its total (so its ETA) is the step at which the criterion stops if nothing better comes,
+    and it shows the best step and the patience left; the fit ends long before --max-steps."""
+    import dip_lightning.restore as restore
+
+    tiny = restore.fit_arguments
+    monkeypatch.setattr(
+        restore,
+        "fit_arguments",
+        lambda *a: [*tiny(*a), "--trainer.log_every_n_steps=2"],
+    )
+    source = noisy(tmp_path / "in.png")
+    out, metrics_path = tmp_path / "out.png", tmp_path / "m.json"
+    cap = 400
+    args = [str(source), "-o", str(out), "--metrics", str(metrics_path), "--patience", "6"]
+    assert run([*args, "--max-steps", str(cap)]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    steps, selected = metrics["steps"], metrics["selected_step"]
+    assert metrics["criteria"]["heldout"]["would_stop_step"] is not None and steps < cap
+    bars = [line for line in capsys.readouterr().out.replace("\r", "\n").splitlines() if line]
+    totals = [int(m.group(1)) for m in map(re.compile(r"\d+/(\d+) \[").search, bars) if m]
+    assert bars and totals and max(totals) < cap  # never the step cap
+    assert all(line.startswith("restoring:") for line in bars)
+    # min_steps 2, patience 6: before a step is scored the best can be step 3 at the soonest,
+    # so the fit can end at step 9, at the first step the patience is checked: 10 (every 2)
+    assert totals[0] == 10
+    assert "best -, patience 6" in next(line for line in bars if "best" in line)
+    assert f"{steps}/{steps} [" in bars[-1] and f"best {selected}, patience 0" in bars[-1]
+
+
+def test_the_outlook_of_one_fit_and_of_a_batch() -> None:
+    """The bar's numbers: the projected end (at the criterion's check steps, at most the cap),
+    the best step and the patience left, and for a batch the last image to stop."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from dip_lightning.callbacks import HeldoutStopping, WindowedVariance
+    from dip_lightning.callbacks.progress import outlook
+
+    def criterion(kind: type, best: int, every: int, **kwargs: int) -> HeldoutStopping:
+        made = kind(check_every_n_steps=every, **kwargs)
+        made.best_step = torch.tensor(best)
+        made.read_best_step = best  # as read on the host at the last log step
+        return made
+
+    a = criterion(HeldoutStopping, 412, 25, patience=200)
+    trainer = SimpleNamespace(callbacks=[a], global_step=500, max_steps=3000)
+    seen = outlook(trainer)  # type: ignore[arg-type]
+    assert seen is not None
+    assert (seen.end, seen.best_step, seen.patience_left(500)) == (625, 412, 112)
+    assert seen.describe(500) == "best 412, patience 112"
+    assert seen.describe(550) == "best 412, patience 62"  # counts down between reads
+    trainer.max_steps = 600
+    assert outlook(trainer).end == 600  # type: ignore[arg-type, union-attr]
+    none_yet = criterion(WindowedVariance, 0, 1, patience=1000, min_steps=100)
+    trainer = SimpleNamespace(callbacks=[none_yet], global_step=40, max_steps=3000)
+    assert outlook(trainer).end == 1101  # type: ignore[arg-type, union-attr]
+    assert outlook(trainer).describe(40) == "best -, patience 1000"  # type: ignore[arg-type, union-attr]
+
+    done = criterion(HeldoutStopping, 300, 1, patience=200)
+    done.would_stop_step = 500
+    running = criterion(HeldoutStopping, 450, 1, patience=200)
+    members = [SimpleNamespace(callbacks=[done]), SimpleNamespace(callbacks=[running])]
+    batched = SimpleNamespace(trainers=members)
+    trainer = SimpleNamespace(callbacks=[batched], global_step=520, max_steps=3000)
+    seen = outlook(trainer)  # type: ignore[arg-type]
+    assert seen is not None and seen.end == 650
+    assert seen.describe(520) == "stopped 1 of 2, patience 130"
+    assert outlook(SimpleNamespace(callbacks=[], global_step=0, max_steps=10)) is None  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ options read as parsed
+
+
+def test_the_scale_is_the_parsed_value_not_text_in_the_command_line(tmp_path: Path) -> None:
+    """A file name holding "--scale" is no --scale; a scale from --config is one."""
+    from dip_lightning.errors import ConfigError
+    from dip_lightning.restore import fit_arguments, parse
+
+    source = noisy(tmp_path / "x--scale2.png")
+    out = str(tmp_path / "out.png")
+    cfg = parse([str(source), "-o", out])
+    assert cfg.task == "denoise" and cfg.scale is None
+    config = tmp_path / "options.yaml"
+    config.write_text("task: denoise\nscale: 2\n")
+    with pytest.raises(ConfigError, match=r"^--scale is for --task super-resolution, not denoise$"):
+        parse(["--config", str(config), str(source), "-o", out])
+    config.write_text("task: super-resolution\nscale: 2\n")
+    cfg = parse(["--config", str(config), str(source), "-o", out])
+    assert "--data.scale=2" in fit_arguments(cfg, plan(cfg.inputs, cfg.output)[0], tmp_path)
+    cfg = parse([str(source), "-o", out, "--task", "super-resolution"])
+    assert "--data.scale=4" in fit_arguments(cfg, plan(cfg.inputs, cfg.output)[0], tmp_path)
+
+
+def _jpeg(path: Path, height: int, width: int, orientation: int | None = None) -> Path:
+    """A JPEG stored ``height`` x ``width``, with an EXIF orientation tag when given."""
+    image = Image.fromarray(smooth_image(height, width))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    image.save(path, quality=95, exif=exif)
+    return path
+
+
+def test_inputs_are_batched_by_their_size_after_exif_rotation(tmp_path: Path) -> None:
+    """A JPEG turned by its EXIF orientation is fitted turned, so it goes with the images of
+    its turned size, and the batch of the others is not failed by it."""
+    from dip_lightning.restore import batches
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _jpeg(folder / "a.jpg", 13, 17)
+    _jpeg(folder / "b.jpg", 17, 13, orientation=6)  # shown 13 high, 17 wide, as a.jpg
+    _jpeg(folder / "c.jpg", 13, 17, orientation=8)  # shown 17 high, 13 wide
+    jobs = plan([str(folder)], str(tmp_path / "out"))
+    grouped = [[job.input.name for job in batch] for batch in batches(jobs, 2)]
+    assert grouped == [["a.jpg", "b.jpg"], ["c.jpg"]]
+    out = tmp_path / "out"
+    assert run([str(folder), "-o", str(out), "--batch-size", "2", *FAST]) == 0
+    sizes = {}
+    for name in ("a", "b", "c"):
+        with Image.open(out / f"{name}.png") as image:
+            sizes[name] = image.size
+    assert sizes == {"a": (17, 13), "b": (17, 13), "c": (13, 17)}
+
+
+# ------------------------------------------------------------------ what a user reads
+
+
+def test_a_mask_that_is_not_black_and_white_is_thresholded_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_png(tmp_path / "in.png", smooth_image(23, 29, 3))
+    rows, cols = np.indices((23, 29)) // 4
+    mask = np.where((rows + cols) % 2, 255, 0).astype(np.uint8)
+    mask[mask == 255] = np.where(np.arange((mask == 255).sum()) % 3 == 0, 250, 255)
+    mask[:2, :] = np.where(mask[:2, :] == 0, 4, mask[:2, :])  # near black, near white
+    path = write_png(tmp_path / "holes.png", mask)
+    not_binary = int(((mask != 0) & (mask != 255)).sum())
+    assert not_binary > 0
+    out = tmp_path / "out.png"
+    assert run([str(source), "-o", str(out), "--task", "inpaint", "--mask", str(path), *FAST]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        f"warning: mask {path} is not black and white: {not_binary} of its {23 * 29} pixels "
+        "are neither 0 nor 1; thresholded at 0.5 (0.5 and above: known)"
+    ) in err
+    write_png(path, np.where((rows + cols) % 2, 255, 0).astype(np.uint8))
+    assert (
+        run(
+            [
+                str(source),
+                "-o",
+                str(out),
+                "--task",
+                "inpaint",
+                "--mask",
+                str(path),
+                "--overwrite",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert "not black and white" not in capsys.readouterr().err
+
+
+def test_the_help_says_each_default_in_words_a_person_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    from dip_lightning.presets import list_presets
+    from dip_lightning.restore import RESTORE_PRESETS
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["restore", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    presets = list_presets()
+    caps = {
+        preset: {
+            task: yaml.safe_load(presets[name].read_text())["trainer"]["max_steps"]
+            for task, name in tasks.items()
+        }
+        for preset, tasks in RESTORE_PRESETS.items()
+    }
+    fast, paper = caps["fast"], caps["paper"]
+    assert (
+        "--max_steps MAX_STEPS, --max-steps MAX_STEPS At most this many steps, in case the "
+        "criterion has not stopped the fit before (default: the preset's cap; "
+        f"fast: {fast['denoise']}, flash {fast['flash']}; paper: {paper['denoise']}, "
+        f"jpeg {paper['jpeg']}, inpaint {paper['inpaint']}, super-resolution "
+        f"{paper['super-resolution']}, flash {paper['flash']}). (type: int | null)"
+    ) in text
+    assert "--device {auto,cpu,cuda} Where to fit: cuda (a GPU), cpu, or auto" in text
+    assert "--scale SCALE super-resolution: the factor, 2, 4 or 8 (default: 4). (type:" in text
+    for markup in ("%%", "``", ":func:", ":class:", ":mod:"):
+        assert markup not in text
+
+
+# ------------------------------------------------------------------ precision
+
+
+@pytest.mark.parametrize("flags", [{"avx2"}, {"avx512f", "avx512_bf16"}])
+def test_precision_auto_follows_the_hardware_and_says_so(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    flags: set[str],
+) -> None:
+    """``--precision auto`` asks the hardware (here a CPU with the given flags) and prints one
+    line with its choice; without it the preset's precision is kept."""
+    import logging
+
+    import dip_lightning.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda *args: frozenset(flags))
+    expected = "bf16-mixed" if "avx512_bf16" in flags else "32-true"
+    with caplog.at_level(logging.INFO, logger="dip_lightning"):
+        args = _fit_arguments(tmp_path, "denoise", ["--precision", "auto", "--device", "cpu"])
+    assert [a for a in args if a.startswith("--trainer.precision=")] == [
+        f"--trainer.precision={expected}"
+    ]
+    assert [r.getMessage() for r in caplog.records if "precision" in r.getMessage()] == [
+        str(precision.cpu_choice(frozenset(flags)))
+    ]
+    plain = _fit_arguments(tmp_path, "denoise", ["--device", "cpu"])
+    assert not [a for a in plain if a.startswith("--trainer.precision=")]
+
+
+def test_a_missing_image_gets_the_same_line_from_fit_and_restore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "holiday.png"
+    lines = []
+    for args in (
+        ["fit", "--config", "denoise", "--data.image", str(missing)],
+        ["restore", str(missing), "-o", str(tmp_path / "out.png")],
+    ):
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert exc.code == 2
+        lines.append(capsys.readouterr().err.strip())
+    assert lines == [f"error: image not found: {missing}; check the path"] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

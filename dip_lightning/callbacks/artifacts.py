@@ -73,6 +73,7 @@ class RunArtifacts(Callback):
             if connector.received_sigterm:
                 raise KeyboardInterrupt
             log.warning("stopping after this step (Ctrl-C again to stop at once)")
+            connector.received_sigint = True  # dip fit exits with 130, not SIGTERM's 143
             connector.received_sigterm = True
 
         self._previous_sigint = signal.signal(signal.SIGINT, stop_after_this_step)

@@ -225,6 +225,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def not_found(what: str, path: str | os.PathLike[str]) -> str:
+    """The one message for a file that is not there, wherever it is noticed.
+
+    >>> not_found("image", "holiday.png")
+    'image not found: holiday.png; check the path'
+    """
+    return f"{what} not found: {path}; check the path"
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
@@ -248,7 +257,7 @@ def load_image(
     try:
         st = os.stat(p)
     except (FileNotFoundError, NotADirectoryError):
-        raise ImageError(f"{what} not found: {p}; check the path") from None
+        raise ImageError(not_found(what, p)) from None
     except PermissionError:
         raise _fail(what, p, "permission denied", "check the file permissions") from None
     except (OSError, ValueError) as exc:

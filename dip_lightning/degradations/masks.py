@@ -8,6 +8,7 @@ draw every number from an explicit :class:`torch.Generator`.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from dip_lightning.data.io import load_image
 from dip_lightning.degradations.mask import check_mask_fits, check_mask_values
 from dip_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "load_mask",
@@ -194,12 +197,13 @@ def load_mask(path: str | os.PathLike[str], height: int, width: int, channels: i
 
     The file must have the image's height and width and be black and white: at most 1% of its
     pixels may be gray (strictly between 0.1 and 0.9, e.g. anti-aliased edges); values are
-    then thresholded at 0.5. A colour file whose channels agree is read as one gray mask; one
-    whose channels differ is kept per channel when the image has 3 channels. The mask needs at
-    least one known and one missing pixel. Returns a float32 ``(1, H, W)`` or ``(3, H, W)``
-    tensor of 0s and 1s; a problem raises :class:`~dip_lightning.errors.ConfigError` (or
-    :class:`~dip_lightning.errors.ImageError` when the file cannot be read) with a one-line
-    message.
+    then thresholded at 0.5, with a one-line warning that counts the pixels that were neither
+    0 nor 1 (a JPEG mask, an anti-aliased one). A colour file whose channels agree is read as
+    one gray mask; one whose channels differ is kept per channel when the image has 3
+    channels. The mask needs at least one known and one missing pixel. Returns a float32
+    ``(1, H, W)`` or ``(3, H, W)`` tensor of 0s and 1s; a problem raises
+    :class:`~dip_lightning.errors.ConfigError` (or :class:`~dip_lightning.errors.ImageError`
+    when the file cannot be read) with a one-line message.
     """
     h, w = _check_size(height, width)
     c = _check_positive_int("channels", channels)
@@ -217,6 +221,15 @@ def load_mask(path: str | os.PathLike[str], height: int, width: int, channels: i
             "(missing) and white (known) pixels only"
         )
     mask = (t >= 0.5).to(torch.float32)
+    thresholded = int(((t != 0) & (t != 1)).any(dim=0).sum())
+    if thresholded:
+        log.warning(
+            "warning: %s is not black and white: %d of its %d pixels are neither 0 nor 1; "
+            "thresholded at 0.5 (0.5 and above: known)",
+            name,
+            thresholded,
+            h * w,
+        )
     if mask.shape[0] > 1:
         if bool((mask == mask[:1]).all()):
             mask = mask[:1].contiguous()
