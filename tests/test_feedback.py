@@ -6,10 +6,13 @@ import math
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import smooth_image, write_png
 from lightning.pytorch import Callback, Trainer
+from scipy import ndimage
+from skimage.metrics import structural_similarity
 
 from dip_lightning.cli import main
 from dip_lightning.data import SingleImageDataModule
@@ -19,6 +22,7 @@ from dip_lightning.losses import (
     edge_similarity,
     feedback_weight,
     observed_ssim,
+    ssim_map,
     temporal_ssim,
 )
 from dip_lightning.networks import SkipNet
@@ -74,12 +78,105 @@ def test_gradients_flow_to_the_output(rng, name) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
 
 
+# ------------------------------------------------------------------ independent references
+
+
+def reference_ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The SSIM map of two ``(H, W)`` images in [0, 1] by Wang et al.'s formula, with scipy's
+    Gaussian filter (std 1.5, radius 5: the 11x11 window; std scaled for a smaller image) and
+    whole-sample reflection at the borders (scipy's ``mirror``)."""
+    side = min(x.shape)
+    kernel = min(11, side if side % 2 else side - 1)
+    sigma = 1.5 * kernel / 11
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="mirror", truncate=(kernel // 2) / sigma)
+
+    ux, uy = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - ux**2, blur(y * y) - uy**2, blur(x * y) - ux * uy
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * ux * uy + c1) * (2 * cxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+
+
+def reference_maps(x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """:func:`reference_ssim_map` of every channel of ``(N, C, H, W)`` images."""
+    a, b = x.double().numpy(), y.double().numpy()
+    return np.stack(
+        [
+            np.stack([reference_ssim_map(a[n, c], b[n, c]) for c in range(a.shape[1])])
+            for n in range(a.shape[0])
+        ]
+    )
+
+
+def reference_edge_similarity(x: torch.Tensor, average: torch.Tensor) -> float:
+    """Cosine similarity of the Sobel gradient fields (scipy, replicated borders), per image,
+    averaged, clamped to [0, 1]."""
+
+    def sobel(plane: np.ndarray) -> np.ndarray:  # (2, H, W): along the width, the height
+        return np.stack([ndimage.sobel(plane, axis=axis, mode="nearest") for axis in (1, 0)])
+
+    def gradients(image: np.ndarray) -> np.ndarray:  # (N, C, 2, H, W)
+        return np.stack([np.stack([sobel(plane) for plane in planes]) for planes in image])
+
+    gx = gradients(x.double().numpy()).reshape(x.shape[0], -1)
+    ga = gradients(average.double().numpy()).reshape(x.shape[0], -1)
+    cosine = (gx * ga).sum(1) / (np.linalg.norm(gx, axis=1) * np.linalg.norm(ga, axis=1))
+    return float(np.clip(cosine.mean(), 0.0, 1.0))
+
+
+def test_the_reference_is_scikit_images_ssim_away_from_the_border(rng) -> None:
+    x, y = images(rng, (1, 1, 23, 19))
+    reference = reference_ssim_map(x[0, 0].double().numpy(), y[0, 0].double().numpy())
+    _, full = structural_similarity(
+        x[0, 0].double().numpy(),
+        y[0, 0].double().numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )
+    # scikit-image reflects about the edge (half-sample), so only the border differs
+    np.testing.assert_allclose(reference[5:-5, 5:-5], full[5:-5, 5:-5], atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 23, 19), (1, 2, 9, 10)])
+def test_ssim_map_matches_the_reference(rng, shape) -> None:
+    x, y = images(rng, shape)
+    np.testing.assert_allclose(ssim_map(x, y).double().numpy(), reference_maps(x, y), atol=2e-5)
+
+
+def test_the_similarities_match_the_references(rng) -> None:
+    x, y = images(rng)
+    maps = reference_maps(x, y)
+    assert float(observed_ssim(x, y)) == pytest.approx(max(0.0, maps.mean()), abs=1e-5)
+    assert float(temporal_ssim(x, y)) == pytest.approx(max(0.0, maps.mean()), abs=1e-5)
+    assert float(edge_similarity(x, y)) == pytest.approx(reference_edge_similarity(x, y), abs=1e-5)
+    # the observed SSIM over the known pixels: the map of the masked images, weighted by the mask
+    known = known_pixels(rng)
+    masked = reference_maps(x * known, y * known)
+    weights = np.broadcast_to(known.numpy(), masked.shape)
+    expected = (masked * weights).sum() / weights.sum()
+    assert float(observed_ssim(x, y, known)) == pytest.approx(expected, abs=1e-5)
+    # anti-correlated images: a negative SSIM, clamped to 0
+    assert reference_maps(x, 1 - x).mean() < 0 and float(temporal_ssim(x, 1 - x)) == 0.0
+
+
 def test_observed_ssim_ignores_the_missing_pixels(rng) -> None:
     x, y = images(rng)
-    mask = known_pixels(rng)
-    changed = torch.where(mask.bool(), x, torch.rand_like(x))  # differs only where missing
-    assert float(observed_ssim(changed * mask, y * mask, mask)) == pytest.approx(
-        float(observed_ssim(x * mask, y * mask, mask))
+    known = known_pixels(rng)
+    changed = torch.where(known.bool(), x, torch.rand_like(x))  # differs only where missing
+    assert float((changed - x).abs().sum()) > 10
+    assert float(observed_ssim(changed, y, known)) == pytest.approx(
+        float(observed_ssim(x, y, known)), abs=1e-6
+    )
+    # a change on a known pixel is seen
+    spot = torch.nonzero(known[0, 0])[len(torch.nonzero(known[0, 0])) // 2]
+    moved = x.clone()
+    moved[0, :, spot[0], spot[1]] = 1 - moved[0, :, spot[0], spot[1]]
+    assert float(observed_ssim(moved, y, known)) != pytest.approx(
+        float(observed_ssim(x, y, known)), abs=1e-6
     )
 
 
@@ -103,14 +200,27 @@ def test_warmup_schedule() -> None:
 
 
 def test_feedback_term_is_lambda_times_one_minus_s(rng) -> None:
-    x, y = images(rng)
-    for name in ("observed_ssim", "temporal_ssim", "edge"):
-        feedback = StructuralFeedback(name, weight=0.3)
-        term = feedback(x, prediction=x, observation=y, average=y, step=7)
-        s = feedback.score(x, prediction=x, observation=y, average=y)
-        assert float(term) == pytest.approx(0.3 * (1 - float(s)))
+    # four different images: the term must compare the right two
+    x, prediction = images(rng)
+    observation, average = images(rng)
+    known = known_pixels(rng)
+    masked = reference_maps(prediction * known, observation * known)
+    weights = np.broadcast_to(known.numpy(), masked.shape)
+    expected = {
+        "observed_ssim": max(0.0, (masked * weights).sum() / weights.sum()),
+        "temporal_ssim": max(0.0, reference_maps(x, average).mean()),
+        "edge": reference_edge_similarity(x, average),
+    }
+    assert len({round(v, 3) for v in expected.values()}) == 3
+    for name, s in expected.items():
+        feedback = StructuralFeedback(name, weight=0.3, warmup_steps=10)
+        arguments = {"prediction": prediction, "observation": observation, "known": known}
+        term = feedback(x, **arguments, average=average, step=5)
+        assert float(term) == pytest.approx(0.15 * (1 - s), abs=1e-6)
+        term = feedback(x, **arguments, average=average, step=20)
+        assert float(term) == pytest.approx(0.3 * (1 - s), abs=1e-6)
         if feedback.needs_average:  # no average yet (the first step): no term
-            assert float(feedback(x, prediction=x, observation=y, step=1)) == 0.0
+            assert float(feedback(x, **arguments, step=1)) == 0.0
     with pytest.raises(ConfigError):
         StructuralFeedback("ssim")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
