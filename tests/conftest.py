@@ -16,6 +16,19 @@ SHARED_DATA = SHARED / "data"
 CONFIGS = REPO / "configs"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` where no CUDA device is usable, saying why."""
+    from dip_lightning.precision import no_cuda_reason
+
+    reason = no_cuda_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"{reason}; these tests need one")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)
