@@ -1,5 +1,6 @@
 # make demo   install into .venv and denoise the embedded sample image (a few minutes on a CPU)
-# make test   install into .venv (with the test extras) and run the test suite
+# make test   install into .venv (with the test extras) and run the test suite, one process
+#             per core (one thread each)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,7 +25,7 @@ demo: install
 	$(BIN)/dip fit --config configs/denoise.yaml
 
 test: install-dev
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
 
 lint: install-dev
 	$(BIN)/ruff check dip_lightning tests benchmarks
