@@ -129,10 +129,8 @@ def outlook(trainer: Trainer, best_steps: Sequence[int] | None = None) -> Outloo
             continue
         projections = []
         for criterion in criteria:
-            if read is not None:
-                best = int(next(read))
-            else:
-                best = criterion.read_best_step  # as read at the last log step: no sync
+            # without values read now: the best step as read at the last log step (no sync)
+            best = int(next(read)) if read is not None else criterion.read_best_step
             bests.append(best)
             runs_out = best + criterion.patience if best else None
             end = max(projected_stop(criterion, best), step)
