@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from conftest import CONFIGS, smooth_image, write_png
 from PIL import Image
 from test_cli import SMALL_NET
+from test_gpu_check import load_gpu_check
 
 from dip_lightning.cli import DIPCLI, main
 from dip_lightning.tasks.batched import BatchedDIP, batch_names
@@ -43,7 +43,6 @@ DETERMINISTIC = [
     "--model.init_args.net.init_args.upsample_mode",
     "nearest",
 ]
-SYNC_WARNING = "synchronizing CUDA operation"
 
 
 def fit_args(root: Path, image: Path | None, *extra: str) -> list[str]:
@@ -176,20 +175,6 @@ def test_a_batched_bf16_fit_on_the_gpu_writes_each_image(tmp_path: Path) -> None
             assert image.size == (25, 19) and image.mode == "RGB"
 
 
-def count_host_syncs(args: list[str]) -> int:
-    """The synchronizing CUDA operations (``.item()``, copies to the host, ...) that ``dip
-    args`` makes, as ``torch.cuda.set_sync_debug_mode("warn")`` reports them."""
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            main(args)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum(SYNC_WARNING in str(w.message) for w in caught)
-
-
 def test_a_fit_on_the_gpu_syncs_with_the_host_only_at_log_steps(
     tmp_path: Path, rgb_png: Path
 ) -> None:
@@ -218,6 +203,7 @@ def test_a_fit_on_the_gpu_syncs_with_the_host_only_at_log_steps(
         ]
 
     # the same fit 100 steps longer: the difference is what the steps themselves sync
+    count_host_syncs = load_gpu_check().count_host_syncs  # as benchmarks/gpu_check.py counts
     short = count_host_syncs(default_fit(tmp_path / "short", 10))
     long = count_host_syncs(default_fit(tmp_path / "long", 110))
     assert short > 0  # the count sees the syncs of setting up and writing the run
