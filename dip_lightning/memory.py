@@ -167,8 +167,9 @@ def estimate_fit_memory(
     runtime = 0 if on_gpu else RUNTIME_BYTES
     copies = 7 if guard else 4
     state = fit_state_bytes(modules, callbacks)
-    # the parameters, Adam's moments and the saved state, serialised in memory
-    checkpoint = 3 * parameters + fit_state_bytes(modules, callbacks, saved=True)
+    # the parameters, Adam's moments (and the guard's copy of both) and the saved state,
+    # serialised in memory
+    checkpoint = (6 if guard else 3) * parameters + fit_state_bytes(modules, callbacks, saved=True)
     return MemoryEstimate(runtime, copies * parameters, int(activations), state, checkpoint)
 
 

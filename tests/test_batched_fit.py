@@ -102,7 +102,6 @@ def test_a_halted_image_keeps_its_network_and_output(tmp_path: Path) -> None:
     for name, param in model.grouped.named_parameters():
         rows = param.shape[0] // 2
         assert torch.equal(param[:rows], before[name][:rows]), name
-        assert not torch.equal(param[rows:], before[name][rows:]), name
     alone = fit([f"--data.image={paths[1]}", "--trainer.max_steps=6"], tmp_path / "one")
     torch.testing.assert_close(
         second.restored_batch(), alone.model.restored_batch(), atol=1e-9, rtol=0

@@ -108,14 +108,15 @@ class DIPModule(LightningModule):
             denoising); 0 turns it off. When on, the average is the restored image.
         guard_drop_db: roll a step back when the PSNR of ``A(x_hat)`` against the observation
             drops by more than this many dB, or the loss is not finite: after such a step the
-            parameters are exactly those after the last good step, and so is the optimizer's
-            element-wise state (Adam's ``exp_avg`` and ``exp_avg_sq``: every state tensor of a
-            parameter's shape; zeros, a fresh Adam's, before the first good step). The step
-            count goes on: it counts the steps taken, rolled back or not (in a batched fit Adam
-            keeps one count for all the networks, so this keeps each network's fit equal to
-            its separate fit). The output, its average and the stopping criteria ignore the
-            step. All of it is done with masks on the device, without a host sync. ``null``
-            turns the guard off.
+            parameters are exactly those of the last step whose output passed (the state that
+            step started from), and the optimizer's element-wise state is that step's as a step
+            with a zero gradient leaves it (Adam's ``exp_avg`` times ``beta1``, ``exp_avg_sq``
+            times ``beta2``; other state tensors of a parameter's shape as they were; zeros, a
+            fresh Adam's, before the first step). The step count goes on: it counts the
+            steps taken, rolled back or not (in a batched fit Adam keeps one count for all the
+            networks, so this keeps each network's fit equal to its separate fit). The
+            output, its average and the stopping criteria ignore the step. All of it is done
+            with masks on the device, without a host sync. ``null`` turns the guard off.
         max_recoveries: the divergence policy. When the guard rolls back this many steps in a
             row, the learning rate is multiplied by ``lr_decay_on_divergence`` and the optimizer
             restarts (its state cleared) from the last good parameters; when that has happened
@@ -280,6 +281,8 @@ class DIPModule(LightningModule):
         self._generator: torch.Generator | None = None
         self._generator_state: torch.Tensor | None = None
         self._last_good = LastGoodState()
+        self._before_step = LastGoodState()  # the state a step starts from
+        self._loaded_good: dict[str, Any] | None = None  # the last good state of a checkpoint
         self._host_reads: list[tuple[list[torch.Tensor], Callable[[list[float]], None]]] = []
         self._bad: torch.Tensor | None = None
         self._log_every = 50
@@ -629,14 +632,18 @@ class DIPModule(LightningModule):
         net = self.net if self.guard_drop_db is not None else None
         guarded = net is not None
         params = [p for p in net.parameters() if p.requires_grad] if net is not None else []
-        if guarded and not self._last_good.ready:
-            self._last_good.save(params, optimizer)  # the state before the first step
+        if guarded:
+            if not self._last_good.ready:
+                self._last_good.save(params, optimizer)  # the state before the first step
+            self._before_step.save(params, optimizer)  # not yet known to be good
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         bad = self._bad
         if guarded and bad is not None:
             with torch.no_grad():
+                # a good output makes the state that produced it the last good one; a
+                # diverged one sends the parameters back to that state
+                self._last_good.advance(self._before_step, lambda tensor: bad)
                 self._last_good.restore(params, optimizer, lambda tensor: bad)
-                self._last_good.save(params, optimizer)
                 self.record_guard(bad)
             if self.max_recoveries is not None and self.is_log_step(step):
                 self.check_divergence(step, self.apply_divergence_policy)
@@ -832,8 +839,9 @@ class DIPModule(LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the last good state is the state a checkpoint holds (it is taken after each step)
-        state: dict[str, Any] = {}
+        # the last good state: the parameters and optimizer state of the last step whose output
+        # passed the guard, from which a diverged step starts again
+        state: dict[str, Any] = {"last_good": self._last_good.saved()}
         if self._generator is not None:
             state["generator"] = self._generator.get_state()
         state["offsets"] = self._offsets.get_state()
@@ -851,6 +859,7 @@ class DIPModule(LightningModule):
         if "offsets" in state:
             self._offsets.set_state(state["offsets"])
             self._offset_queue = list(state.get("offset_queue", []))
+        self._loaded_good = state.get("last_good")
         divergence = state.get("divergence", {})
         self.lr_reductions = int(divergence.get("lr_reductions", 0))
         self._failed_run = divergence.get("failed_run")
@@ -860,7 +869,10 @@ class DIPModule(LightningModule):
         # the last good state: the state the fit starts from (initial or loaded), taken before
         # any callback's on_train_batch_start
         self._last_good.reset()
-        if self.guard_drop_db is not None and self.net is not None and self.trainer.optimizers:
+        loaded, self._loaded_good = self._loaded_good, None
+        if loaded is not None:
+            self._last_good.load(loaded, self.device)
+        elif self.guard_drop_db is not None and self.net is not None and self.trainer.optimizers:
             params = [p for p in self.net.parameters() if p.requires_grad]
             self._last_good.save(params, self.trainer.optimizers[0])
         self._host_reads = []
@@ -921,6 +933,10 @@ class DIPModule(LightningModule):
         return scores
 
 
+#: Adam's moments and the index of the beta a step with a zero gradient multiplies them by
+_ZERO_GRADIENT_DECAY = {"exp_avg": 0, "exp_avg_sq": 1}
+
+
 class LastGoodState:
     """The divergence guard's copy of the last good state: the parameters and their
     optimizer's element-wise state, every state tensor of the parameter's shape (Adam's
@@ -929,8 +945,9 @@ class LastGoodState:
     :meth:`save` copies them into buffers kept from step to step; :meth:`restore` sets them
     back where a mask says, with ``torch.where`` on the device (no host sync). A state tensor
     that did not exist when the copy was taken (before the optimizer's first step, or after
-    its state was cleared) is restored to zeros, the state of a fresh Adam. Other state, such
-    as Adam's step count, is left as the step made it.
+    its state was cleared) is restored to zeros, the state of a fresh Adam. Adam's moments are
+    restored as a step with a zero gradient leaves them (:meth:`restore`); other state, such as
+    Adam's step count, is left as the step made it.
     """
 
     def __init__(self) -> None:
@@ -942,6 +959,21 @@ class LastGoodState:
     def reset(self) -> None:
         """Forget the copy (a new fit takes it again at its first step)."""
         self.params, self.state, self.ready = [], [], False
+
+    def saved(self) -> dict[str, Any] | None:
+        """The copy, on the CPU, for a checkpoint (``None`` before one is taken)."""
+        if not self.ready:
+            return None
+        return {
+            "params": [p.cpu() for p in self.params],
+            "state": [{k: v.cpu() for k, v in state.items()} for state in self.state],
+        }
+
+    def load(self, saved: dict[str, Any], device: torch.device) -> None:
+        """Take the copy of a checkpoint (:meth:`saved`) onto ``device``."""
+        self.params = [p.to(device) for p in saved["params"]]
+        self.state = [{k: v.to(device) for k, v in state.items()} for state in saved["state"]]
+        self.ready = True
 
     def forget_state(self) -> None:
         """The optimizer's state was cleared: restore it to zeros until the next copy."""
@@ -976,6 +1008,23 @@ class LastGoodState:
             torch._foreach_copy_(targets, sources)
         self.ready = True
 
+    def advance(self, newer: LastGoodState, bad_of: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Where ``bad_of(tensor)`` is false, take ``newer``'s copy (a missing state tensor is
+        a fresh optimizer's zeros)."""
+        with torch.no_grad():
+            for mine, newer_param in zip(self.params, newer.params, strict=True):
+                torch.where(bad_of(mine), mine, newer_param, out=mine)
+            for mine_state, their_state in zip(self.state, newer.state, strict=True):
+                for key in set(mine_state) | set(their_state):
+                    ours, theirs = mine_state.get(key), their_state.get(key)
+                    if ours is None:
+                        assert theirs is not None
+                        mine_state[key] = torch.where(bad_of(theirs), 0.0, theirs)
+                    elif theirs is None:
+                        ours.masked_fill_(~bad_of(ours), 0)
+                    else:
+                        torch.where(bad_of(ours), ours, theirs, out=ours)
+
     def restore(
         self,
         params: Sequence[torch.Tensor],
@@ -983,17 +1032,28 @@ class LastGoodState:
         bad_of: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
         """Where ``bad_of(tensor)`` (a mask broadcasting against ``tensor``) is true, set each
-        parameter and its optimizer state back to the copy."""
+        parameter back to the copy, and its optimizer state to the copy as a step with a zero
+        gradient leaves it: Adam's ``exp_avg`` times ``beta1`` and ``exp_avg_sq`` times
+        ``beta2`` (what ``optimizer.step`` does to them for a zero gradient); other state as
+        copied."""
+        betas = {
+            id(p): group.get("betas")
+            for group in getattr(optimizer, "optimizer", optimizer).param_groups
+            for p in group["params"]
+        }
         with torch.no_grad():
             for param, good, saved in zip(params, self.params, self.state, strict=True):
                 torch.where(bad_of(param), good, param, out=param)
+                decay = betas.get(id(param))
                 for key, value in self._state_of(optimizer, param).items():
                     mask = bad_of(value)
                     previous = saved.get(key)
                     if previous is None:
                         value.masked_fill_(mask, 0)
-                    else:
-                        torch.where(mask, previous, value, out=value)
+                        continue
+                    if decay is not None and key in _ZERO_GRADIENT_DECAY:
+                        previous = previous * decay[_ZERO_GRADIENT_DECAY[key]]
+                    torch.where(mask, previous, value, out=value)
 
 
 def read_on_host(reads: Sequence[tuple[list[torch.Tensor], Callable[[list[float]], None]]]) -> None:

@@ -266,6 +266,8 @@ class BatchedDIP(LightningModule):
         self.names = list(names)
         self.grouped: GroupedNetwork | None = None
         self._last_good = LastGoodState()
+        self._before_step = LastGoodState()  # the state a step starts from
+        self._loaded_good: dict[str, Any] | None = None  # the last good state of a checkpoint
         self._host_reads: list[tuple[list[torch.Tensor], Any]] = []
         self._compiled: list[torch.nn.Module] = []
 
@@ -350,7 +352,10 @@ class BatchedDIP(LightningModule):
 
     def on_train_start(self) -> None:
         self._last_good.reset()  # the state the fit starts from (initial or loaded)
-        if self.grouped is not None and self.trainer.optimizers:
+        loaded, self._loaded_good = self._loaded_good, None
+        if loaded is not None:
+            self._last_good.load(loaded, self.z.device)
+        elif self.grouped is not None and self.trainer.optimizers:
             params = [p for p in self.grouped.parameters() if p.requires_grad]
             self._last_good.save(params, self.trainer.optimizers[0])
         self._host_reads = []
@@ -406,8 +411,9 @@ class BatchedDIP(LightningModule):
         guarded = first.guard_drop_db is not None or any(m.halted for m in members)
         if not self._last_good.ready:
             self._last_good.save(params, optimizer)  # the state before the first step
+        self._before_step.save(params, optimizer)  # not yet known to be good
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if guarded and all(member._bad is not None for member in members):
+        if all(member._bad is not None for member in members):
             bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
 
             def rows(tensor: torch.Tensor) -> torch.Tensor:  # each network's block of it
@@ -415,13 +421,14 @@ class BatchedDIP(LightningModule):
                 return mask.view(-1, *([1] * (tensor.dim() - 1)))
 
             with torch.no_grad():
+                # each image's block: its last good state advances where its step was good,
+                # and its parameters go back to it where the step diverged
+                self._last_good.advance(self._before_step, rows)
                 self._last_good.restore(params, optimizer, rows)
                 for member in members:
                     assert member._bad is not None
-                    if not member.halted:
+                    if guarded and not member.halted:
                         member.record_guard(member._bad)
-        with torch.no_grad():
-            self._last_good.save(params, optimizer)
         limit = first.max_recoveries
         if guarded and limit is not None and first.is_log_step(step):
             for member, name in zip(members, self.names, strict=True):
@@ -470,10 +477,11 @@ class BatchedDIP(LightningModule):
                     "stopped_on_divergence": member.stopped_on_divergence,
                 }
             )
-        checkpoint["dip_batch"] = {"members": states}
+        checkpoint["dip_batch"] = {"members": states, "last_good": self._last_good.saved()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         batch = checkpoint.get("dip_batch", {})
+        self._loaded_good = batch.get("last_good")
         for member, state in zip(self.dip_members(), batch.get("members", []), strict=False):
             member.on_load_checkpoint({"dip_state": state})
             member.halted = bool(state.get("halted", False))
