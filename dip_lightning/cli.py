@@ -657,12 +657,13 @@ def _configure_logging() -> None:
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     logger = logging.getLogger("dip_lightning")
-    if not logger.handlers:
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = False
+    if logger.level == logging.NOTSET:  # a level set by the caller (or --quiet) stays
+        logger.setLevel(logging.INFO)
 
 
 #: ``dip <command>`` entry points beside LightningCLI's subcommands: "module:function", each
@@ -816,11 +817,13 @@ def main(args: list[str] | None = None) -> None:
         return
     argv = with_run_config(argv)
     command = EXTRA_COMMANDS.get(argv[0]) if argv else None
+    names = ("dip_lightning", "lightning.pytorch", "lightning.fabric")
+    levels = {name: logging.getLogger(name).level for name in names}
     if command is None and ("--quiet" in argv or "-q" in argv):
         # no progress bar, no model summary, warnings and errors only
         argv = [a for a in argv if a not in ("--quiet", "-q")]
         argv += ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-        for name in ("dip_lightning", "lightning.pytorch", "lightning.fabric"):
+        for name in names:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if command is not None:
@@ -839,3 +842,7 @@ def main(args: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"error: {error}\n")
         raise SystemExit(2) from None
+    finally:
+        # a quiet command in a process leaves the next one (main called again) as it found it
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)

@@ -59,6 +59,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from dip_lightning.callbacks.fbc import FBCLogger
 from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.io_utils import atomic_write_text
+from dip_lightning.seeding import stream_generator
 
 log = logging.getLogger("dip_lightning.experiments")
 
@@ -494,7 +495,7 @@ def fitting_targets(image: torch.Tensor, seed: int = 0) -> dict[str, torch.Tenso
     >>> sorted(targets), targets["shuffled"].shape
     (['natural', 'noise', 'noisy', 'shuffled'], torch.Size([3, 4, 5]))
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = stream_generator(seed, "observation")
     channels, height, width = image.shape
     noisy = (image + torch.randn(image.shape, generator=generator) * 25 / 255).clamp(0, 1)
     order = torch.randperm(height * width, generator=generator)

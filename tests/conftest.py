@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,13 @@ def rgb_png(tmp_path: Path) -> Path:
 def gray_png(tmp_path: Path) -> Path:
     """A 33x29 grayscale PNG."""
     return write_png(tmp_path / "gray.png", smooth_image(33, 29, channels=1))
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels() -> Iterator[None]:
+    """Leave the loggers' levels as each test found them (a quiet command in-process sets them)."""
+    names = ("dip_lightning", "lightning.pytorch", "lightning.fabric", "dip_lightning.callbacks")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)

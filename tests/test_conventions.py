@@ -19,15 +19,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def restore_log_levels() -> object:
-    names = ("dip_lightning", "lightning.pytorch", "lightning.fabric")
-    levels = {name: logging.getLogger(name).level for name in names}
-    yield
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-
-
 def test_fit_names_its_run_directory_and_tensorboard(
     tmp_path: Path, rgb_png: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -53,3 +44,6 @@ def test_quiet_fit_prints_no_progress_and_no_info(
     assert "Epoch" not in captured.err and "run directory" not in captured.err
     assert "| Name" not in captured.out  # no model summary
     assert next(tmp_path.rglob("restored.png")).is_file()
+    # the next command in this process is not quiet
+    main(["fit", f"--data.image={rgb_png}", *SMALL, f"--trainer.logger.save_dir={tmp_path}"])
+    assert "run directory" in capfd.readouterr().err

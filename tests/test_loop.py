@@ -57,7 +57,7 @@ def test_a_short_fit_lowers_the_loss_on_a_32x32_image(tmp_path: Path, rgb_png: P
     fit(tmp_path, module, data, 30, callbacks=[recorder])
     assert len(recorder.losses) == 30
     first, last = sum(recorder.losses[:3]) / 3, sum(recorder.losses[-3:]) / 3
-    assert last < 0.5 * first
+    assert last < 0.7 * first  # 0.36 to 0.54 of the first losses over model seeds 0-3
     restored = module.restored()
     assert restored.shape == (3, 37, 45)
     assert torch.isfinite(restored).all()
@@ -215,8 +215,11 @@ def test_the_fit_comparison_sees_a_small_change(tmp_path: Path, rgb_png: Path) -
     plain = fit64(tmp_path, data)
     assert_same_fit(plain, fit64(tmp_path, data))
     nudged = fit64(tmp_path, data, lr=0.01 * (1 + 1e-6))
-    # the averages still agree to 1e-7 (mostly the first step's output); the last outputs do not
-    torch.testing.assert_close(plain.output_ema, nudged.output_ema, atol=1e-7, rtol=0)
+    # the averages differ 100 times less than the last outputs (they are mostly the first
+    # step's output, the same in both), so a comparison of averages would miss such a change
+    ema = float((plain.output_ema - nudged.output_ema).abs().max())
+    last = float((plain.last_output - nudged.last_output).abs().max())
+    assert ema < last / 20
     with pytest.raises(AssertionError):
         assert_same_fit(plain, nudged)
     with pytest.raises(AssertionError):

@@ -22,6 +22,7 @@ from dip_lightning.degradations.base import Degradation
 from dip_lightning.degradations.downsample import DOWNSAMPLE_FACTORS, bicubic_upsample
 from dip_lightning.degradations.masks import load_mask
 from dip_lightning.errors import ConfigError
+from dip_lightning.seeding import stream_generator
 
 #: Values ``data.scale`` accepts: 1 (no super-resolution) and the factors of ``Downsample``.
 SCALES: tuple[int, ...] = (1, *DOWNSAMPLE_FACTORS)
@@ -250,7 +251,8 @@ class SingleImageDataModule(LightningDataModule):
         noise_sigma: std of the Gaussian noise of a simulated observation, on the 0-255 scale.
         simulate: treat ``image`` as clean and make the observation with the task's degradation;
             on by default when ``noise_sigma``, ``missing_ratio`` or ``jpeg_quality`` is given.
-        seed: seed of every synthetic degradation.
+        seed: seed of every synthetic degradation: the ``observation`` and ``mask`` streams of
+            :mod:`dip_lightning.seeding`, independent of each other and of the model's streams.
         grayscale: ``true`` converts a colour image to one channel, ``false`` expands a gray one
             to three, ``null`` keeps the file's channels.
         mask: an inpainting mask file of the image's size (white = known pixel, black = missing;
@@ -445,9 +447,10 @@ class SingleImageDataModule(LightningDataModule):
         """The observation for ``degradation``: simulated from ``image`` or ``image`` itself.
 
         With ``simulate``, the (cropped, see ``scale``) image is the clean image and the
-        observation is ``degradation.simulate`` of it, drawn from a generator seeded with
-        ``seed``, then JPEG-compressed when ``jpeg_quality`` is set. Without it, ``image`` is
-        the observation, with the pixels that ``mask`` marks missing set to 0.
+        observation is ``degradation.simulate`` of it, drawn from the ``observation`` stream
+        of ``seed`` (:mod:`dip_lightning.seeding`), then JPEG-compressed when ``jpeg_quality``
+        is set. Without it, ``image`` is the observation, with the pixels that ``mask`` marks
+        missing set to 0.
         """
         x = self.image.tensor
         alpha = self.image.alpha
@@ -456,7 +459,7 @@ class SingleImageDataModule(LightningDataModule):
             x = crop(x, self.region)
             alpha = crop(alpha, self.region) if alpha is not None else None
             guide = crop(guide, self.region) if guide is not None else None
-            generator = torch.Generator().manual_seed(self.seed)
+            generator = stream_generator(self.seed, "observation")
             observation = degradation.simulate(x[None], generator)[0].contiguous()
             if self.jpeg_quality is not None:
                 observation = jpeg_compress(observation, self.jpeg_quality)

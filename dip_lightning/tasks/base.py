@@ -27,6 +27,7 @@ from dip_lightning.losses import StructuralFeedback
 from dip_lightning.metrics.psnr import psnr as _psnr
 from dip_lightning.networks.inputs import INPUT_TYPES, InputType, make_input
 from dip_lightning.networks.skip import SkipNet
+from dip_lightning.seeding import stream_generator, stream_seed
 
 #: A network class (or factory) called as ``net(in_channels, out_channels)``; in a config,
 #: ``class_path`` plus every ``init_args`` except the two channel counts.
@@ -130,7 +131,8 @@ class DIPModule(LightningModule):
         max_lr_reductions: learning-rate reductions before the policy stops the fit (0: stop
             at the first run of ``max_recoveries`` roll-backs).
         image_every_n_steps: log the output image to TensorBoard every this many steps.
-        seed: seed of the network weights, ``z`` and the per-step perturbation.
+        seed: seed of the network weights, ``z``, the per-step perturbation (or the noise bank)
+            and the hold-out, each an independent stream of it (:mod:`dip_lightning.seeding`).
         holdout_fraction: fraction of the observed pixels left out of the data term (chosen at
             random, seeded by ``seed``); the MSE of ``A(restored)`` against the observation on
             them is logged as ``heldout/mse``, a no-reference validation score (for denoising,
@@ -270,7 +272,7 @@ class DIPModule(LightningModule):
         # the compiled network, kept out of the module tree (its parameters are self.net's)
         self._compiled: list[nn.Module] = []
         self._bank: torch.Tensor | None = None
-        self._offsets = torch.Generator().manual_seed(self.seed + 2)
+        self._offsets = stream_generator(self.seed, "offsets")
         self._offset_queue: list[int] = []  # offsets drawn and not used yet, the next last
         self.feedback = feedback
 
@@ -352,7 +354,7 @@ class DIPModule(LightningModule):
         height, width = self.output_size(sample)
         channels = sample.channels
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(stream_seed(self.seed, "weights"))
             net = self.net_factory(self.input_depth, channels)
         pad_h, pad_w = network_size(net, height, width)
         top, left = (pad_h - height) // 2, (pad_w - width) // 2
@@ -360,7 +362,7 @@ class DIPModule(LightningModule):
         self.net = net
         self.degradation = degradation
         self.sample = sample
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = stream_generator(self.seed, "input")
         z = self.build_input(data, pad_h, pad_w, generator)
         if z.shape != (1, self.input_depth, pad_h, pad_w):
             raise ConfigError(
@@ -436,8 +438,7 @@ class DIPModule(LightningModule):
     # ------------------------------------------------------------------ the loop
 
     def on_fit_start(self) -> None:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed + 1)
+        generator = stream_generator(self.seed, "perturbation", self.device)
         if self._generator_state is not None:
             generator.set_state(self._generator_state)
             self._generator_state = None
@@ -450,7 +451,7 @@ class DIPModule(LightningModule):
             self._compiled.append(torch.compile(self.net))  # type: ignore[arg-type]
         if self.perturbation == "bank":
             _, channels, height, width = self.z.shape
-            bank_generator = torch.Generator(device=self.device).manual_seed(self.seed + 3)
+            bank_generator = stream_generator(self.seed, "bank", self.device)
             self._bank = self._normal((1, channels, 2 * height, 2 * width), bank_generator)
             if not self._offset_queue:  # the first block now, not in a step
                 self._offset_queue = self._draw_offsets(height * width)
@@ -727,7 +728,8 @@ class DIPModule(LightningModule):
 
     def _attach_holdout(self) -> None:
         """Choose the held-out pixels: ``holdout_fraction`` of the observed pixels (those where
-        ``A`` of an all-ones image is non-zero in every channel), drawn with ``seed``."""
+        ``A`` of an all-ones image is non-zero in every channel), drawn from the ``holdout``
+        stream of ``seed``."""
         keep: torch.Tensor | None = None
         best: torch.Tensor | None = None
         best_step: torch.Tensor | None = None
@@ -744,7 +746,7 @@ class DIPModule(LightningModule):
                     f"model.holdout_fraction = {self.holdout_fraction} holds out {count} of "
                     f"{len(indices)} observed pixels; use a fraction that leaves some on each side"
                 )
-            generator = torch.Generator().manual_seed(self.seed + 2)
+            generator = stream_generator(self.seed, "holdout")
             held = indices[torch.randperm(len(indices), generator=generator)[:count]]
             keep = torch.ones(observed.shape[0])
             keep[held] = 0.0

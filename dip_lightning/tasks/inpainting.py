@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from typing_extensions import override
 
 from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.degradations.mask import Mask
 from dip_lightning.degradations.masks import random_pixel_mask
 from dip_lightning.errors import ConfigError
+from dip_lightning.seeding import stream_generator
 from dip_lightning.tasks.base import DIPModule
 
 
@@ -38,7 +38,7 @@ class InpaintingDIP(DIPModule):
         if data.mask is not None:
             return Mask(data.mask)
         if data.missing_ratio > 0:
-            generator = torch.Generator().manual_seed(data.seed)
+            generator = stream_generator(data.seed, "mask")
             shape = tuple(data.image.tensor.shape)
             mask = random_pixel_mask(
                 shape, data.missing_ratio, generator, per_channel=data.per_channel_mask
