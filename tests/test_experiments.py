@@ -1,9 +1,12 @@
-"""Every seed experiment at the tiny size: it runs its fits and writes its CSV and PNG."""
+"""Every seed experiment at the tiny size: it runs its fits and writes its CSV and PNG; the
+experiments are found from the modules of the package."""
 
 from __future__ import annotations
 
 import csv
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +15,20 @@ import yaml
 from conftest import smooth_image, write_png
 from PIL import Image
 
+import dip_lightning.experiments as experiments_package
 from dip_lightning.cli import main
 from dip_lightning.errors import ConfigError
 from dip_lightning.experiments import (
     EXPERIMENTS,
     NORMAL_SCALE_MATCHED,
     SIZES,
+    discover,
     fitting_targets,
+    parser,
     run_experiment,
     sensitivity_grid,
 )
+from dip_lightning.presets import list_presets
 
 
 @pytest.fixture(autouse=True)
@@ -209,3 +216,84 @@ def test_a_path_the_user_gave_that_fails_is_a_one_line_error(
         main(["experiment", "mask_ratio", "--size", "tiny", "--steps", "2", *out, *args])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == message.format(file=file) + "\n"
+
+
+def test_every_experiment_is_a_module_with_its_config_and_steps() -> None:
+    assert list(EXPERIMENTS) == [
+        "fitting_curves",
+        "spectral_bias",
+        "mask_ratio",
+        "skip_ablation",
+        "sensitivity",
+        "structural_feedback",
+    ]
+    presets = list_presets()
+    for name, experiment in EXPERIMENTS.items():
+        module = sys.modules[f"dip_lightning.experiments.{name}"]
+        assert module.EXPERIMENT is experiment
+        assert any(
+            p == f"experiments/{name}" or p.startswith(f"experiments/{name}_") for p in presets
+        )
+        assert set(experiment.steps) == set(SIZES)
+        assert experiment.description and "\n" not in experiment.description
+
+
+NEW_EXPERIMENT = """
+    from dip_lightning.experiments.runner import (
+        Experiment, prepared_image, run_fit, skip_net_args, summary_row, write_csv,
+    )
+
+    def ratio_pair(ctx):
+        image = prepared_image(ctx)
+        rows = []
+        for ratio in (0.2, 0.7):
+            args = ["--data.image", str(image), f"--data.missing_ratio={ratio}"]
+            result = run_fit(ctx, "mask_ratio", f"r{ratio}", args + skip_net_args(ctx.size))
+            rows.append({"ratio": ratio, **summary_row(result)})
+        return [write_csv(ctx.out / "ratio_pair.csv", rows)]
+
+    EXPERIMENT = Experiment(
+        name="ratio_pair",
+        description="two mask ratios",
+        run=ratio_pair,
+        steps={"tiny": 3, "cpu": 10, "gpu": 10},
+    )
+"""
+
+
+@pytest.fixture
+def extra_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder whose modules count as modules of dip_lightning.experiments."""
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    monkeypatch.setattr(
+        experiments_package, "__path__", [*experiments_package.__path__, str(folder)]
+    )
+    discover.cache_clear()
+    yield folder
+    discover.cache_clear()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if name.startswith("dip_lightning.experiments.") and file and Path(file).parent == folder:
+            del sys.modules[name]
+            vars(experiments_package).pop(name.rsplit(".", 1)[1], None)
+
+
+def test_a_new_experiment_is_one_module(extra_modules: Path, tmp_path: Path) -> None:
+    (extra_modules / "ratio_pair.py").write_text(textwrap.dedent(NEW_EXPERIMENT))
+    (extra_modules / "plot_helpers.py").write_text("WIDTH = 3\n")  # not an experiment
+    found = discover()
+    assert list(found) == [*EXPERIMENTS, "ratio_pair"]  # after the ordered ones
+    assert "ratio_pair: two mask ratios" in parser().format_help().replace("\n", " ")
+    (csv_path,) = run_experiment("ratio_pair", out=tmp_path / "out", size="tiny")
+    rows = read_csv(csv_path)
+    assert [row["ratio"] for row in rows] == ["0.2", "0.7"]
+    assert all(row["peak_step"] in ("1", "2", "3") for row in rows)  # the tiny size's 3 steps
+
+
+def test_an_experiment_module_must_name_its_experiment_after_itself(extra_modules: Path) -> None:
+    (extra_modules / "misnamed.py").write_text(
+        textwrap.dedent(NEW_EXPERIMENT).replace('name="ratio_pair"', 'name="other"')
+    )
+    with pytest.raises(TypeError, match=r"misnamed\.EXPERIMENT must be an Experiment named"):
+        discover()
