@@ -75,7 +75,7 @@ def panel(task: str, module: Any, run_dir: Path, out: Path) -> None:
 
     import matplotlib.pyplot as plt
 
-    from dip_lightning.tasks.base import psnr
+    from dip_lightning.metrics.psnr import psnr
 
     sample = module.sample
     restored = module.restored()

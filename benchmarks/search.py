@@ -257,7 +257,7 @@ class _PsnrPerStep(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        from dip_lightning.tasks.base import psnr
+        from dip_lightning.metrics.psnr import psnr
 
         module: Any = pl_module
         self.psnr.append(float(psnr(module.restored_batch(), module.clean)))

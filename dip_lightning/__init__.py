@@ -7,13 +7,9 @@ True
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("dip-lightning")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+from dip_lightning.version import __version__
 
 if TYPE_CHECKING:
     from dip_lightning.restore import Restored, restore_image

@@ -19,12 +19,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from dip_lightning import __version__
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
 from dip_lightning.data.datamodule import SingleImageDataModule, settle_observation
 from dip_lightning.errors import ConfigError, DIPError, one_line
 from dip_lightning.presets import option_sources, print_presets, resolve_config_args
 from dip_lightning.tasks.base import DIPModule
+from dip_lightning.version import __version__
 
 if TYPE_CHECKING:
     from torch import Tensor, nn

@@ -15,13 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from dip_lightning.data.masks import load_mask
 from dip_lightning.degradations import (
     DOWNSAMPLE_FACTORS,
     Degradation,
     Downsample,
     Mask,
     bicubic_upsample,
-    load_mask,
     make_degradation,
     random_pixel_mask,
     random_rectangles_mask,

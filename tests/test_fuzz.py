@@ -22,7 +22,7 @@ from test_cli import fit_args
 
 from dip_lightning.cli import main
 from dip_lightning.data.io import load_image
-from dip_lightning.degradations.masks import load_mask
+from dip_lightning.data.masks import load_mask
 from dip_lightning.errors import DIPError, ImageError
 
 FUZZ = settings(

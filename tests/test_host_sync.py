@@ -195,8 +195,8 @@ def test_the_plain_psnr_agrees_with_scikit_image_and_torchmetrics(dtype: torch.d
     from skimage.metrics import peak_signal_noise_ratio as skimage_psnr
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
+    from dip_lightning.metrics import psnr as module_psnr
     from dip_lightning.metrics.psnr import psnr
-    from dip_lightning.tasks.base import psnr as module_psnr
 
     generator = torch.Generator().manual_seed(3)
     for shape, noise in (((1, 3, 37, 31), 0.1), ((2, 1, 9, 13), 0.01), ((3, 5, 7), 0.3)):

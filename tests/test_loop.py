@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from dip_lightning.data import SingleImageDataModule
+from dip_lightning.metrics.psnr import psnr
 from dip_lightning.networks import SkipNet
 from dip_lightning.tasks import DenoisingDIP, DIPModule
-from dip_lightning.tasks.base import psnr
 
 SmallNet = partial(SkipNet, channels_down=8, channels_up=8, channels_skip=2, levels=3)
 

@@ -225,9 +225,10 @@ def test_the_estimate_matches_the_measured_peak(
     peak, estimate = result["peak"], result["fit"]
     assert result["activations"] > 50 * MiB or result["state"] > 20 * MiB  # not noise
     assert 0.8 * estimate < peak < 1.25 * estimate, (peak / MiB, estimate / MiB)
-    # an estimate that left the buffer out would be too low
+    # an estimate that left the buffer out would be farther from the measured peak
     if MISSED[name]:
-        assert estimate - MISSED[name] < peak / 1.25, (peak / MiB, estimate / MiB)
+        without = estimate - MISSED[name]
+        assert abs(peak - estimate) < abs(peak - without), (peak / MiB, estimate / MiB)
 
 
 def test_a_batched_fit_counts_every_network(measured: dict[str, dict[str, Any]]) -> None:

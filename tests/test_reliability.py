@@ -29,9 +29,9 @@ from dip_lightning.cli import main
 from dip_lightning.data import SingleImageDataModule
 from dip_lightning.data.io import load_image
 from dip_lightning.errors import ConfigError
+from dip_lightning.metrics.psnr import psnr
 from dip_lightning.networks import SkipNet
 from dip_lightning.tasks import DenoisingDIP
-from dip_lightning.tasks.base import psnr
 
 SmallNet = partial(SkipNet, channels_down=8, channels_up=8, channels_skip=2, levels=3)
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -72,7 +72,7 @@ class Messages(logging.Handler):
 @pytest.fixture
 def messages() -> Any:
     handler = Messages()
-    logger = logging.getLogger("dip_lightning.tasks.base")
+    logger = logging.getLogger("dip_lightning.tasks")
     logger.addHandler(handler)
     yield handler.lines
     logger.removeHandler(handler)

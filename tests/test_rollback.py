@@ -19,8 +19,8 @@ from dip_lightning.cli import DIPCLI
 from dip_lightning.data import SingleImageDataModule
 from dip_lightning.networks import SkipNet
 from dip_lightning.tasks import DenoisingDIP
-from dip_lightning.tasks.base import LastGoodState
 from dip_lightning.tasks.batched import BatchedDIP
+from dip_lightning.tasks.guard import LastGoodState
 
 SmallNet = partial(SkipNet, channels_down=8, channels_up=8, channels_skip=2, levels=3)
 MOMENTS = ("exp_avg", "exp_avg_sq")

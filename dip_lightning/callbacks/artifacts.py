@@ -8,19 +8,19 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dip_lightning.callbacks.checkpoint import save_checkpoint_atomically
+from dip_lightning.callbacks.protocol import FitModule
 from dip_lightning.callbacks.stopping import StoppingCriterion, stopping_selection
 from dip_lightning.data.io import save_image
 from dip_lightning.io_utils import atomic_write_json
-
-if TYPE_CHECKING:
-    from dip_lightning.tasks.base import DIPModule
+from dip_lightning.metrics.psnr import psnr
+from dip_lightning.metrics.ssim import ssim
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class RunArtifacts(Callback):
         """On Ctrl-C or SIGTERM: save a checkpoint and the output so far, and say where."""
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
-        module: DIPModule = pl_module  # type: ignore[assignment]
+        module: FitModule = pl_module  # type: ignore[assignment]
         if trainer.global_step == 0 or module.sample is None:
             return
         checkpoint = save_last_checkpoint(trainer)
@@ -123,12 +123,10 @@ class RunArtifacts(Callback):
     def metrics(
         self,
         trainer: Trainer,
-        module: DIPModule,
+        module: FitModule,
         selected: tuple[torch.Tensor, int] | None = None,
     ) -> dict[str, Any]:
         """Every key of ``metrics.json`` for the current state of ``module``."""
-        from dip_lightning.tasks.base import psnr, ssim
-
         assert module.sample is not None
         restored, selected_step = selected or self.selected(trainer, module)
         channels, height, width = restored.shape
@@ -166,7 +164,7 @@ class RunArtifacts(Callback):
         return metrics
 
     @staticmethod
-    def selected(trainer: Trainer, module: DIPModule) -> tuple[torch.Tensor, int]:
+    def selected(trainer: Trainer, module: FitModule) -> tuple[torch.Tensor, int]:
         """The image to write ``(C, H, W)`` (on the CPU, in [0, 1]) and its step: a stopping
         criterion's choice when the fit has one, else the current restored image."""
         chosen = stopping_selection(trainer)
@@ -176,11 +174,9 @@ class RunArtifacts(Callback):
         return image[0].detach().float().clamp(0, 1).cpu(), step
 
     @staticmethod
-    def criterion_metrics(criterion: StoppingCriterion, module: DIPModule) -> dict[str, Any]:
+    def criterion_metrics(criterion: StoppingCriterion, module: FitModule) -> dict[str, Any]:
         """What a criterion chose: its step, the step it stopped (or would have) at and, with
         a clean reference, the PSNR of its image."""
-        from dip_lightning.tasks.base import psnr
-
         out: dict[str, Any] = {"would_stop_step": criterion.would_stop_step}
         selection = criterion.selection()
         if selection is None:
@@ -194,7 +190,7 @@ class RunArtifacts(Callback):
             out["psnr"] = float(psnr(restored[None], clean[None]))
         return out
 
-    def write(self, trainer: Trainer, module: DIPModule, interrupted: bool = False) -> Path:
+    def write(self, trainer: Trainer, module: FitModule, interrupted: bool = False) -> Path:
         """Write ``restored.png`` and ``metrics.json`` into the run directory, atomically."""
         assert module.sample is not None
         directory = run_directory(trainer)

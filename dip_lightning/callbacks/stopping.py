@@ -38,15 +38,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from dip_lightning.callbacks.protocol import FitModule
 from dip_lightning.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dip_lightning.tasks.base import DIPModule
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +118,10 @@ class StoppingCriterion(Callback):
 
     # ------------------------------------------------------------------ to override
 
-    def prepare(self, module: DIPModule) -> None:
+    def prepare(self, module: FitModule) -> None:
         """Allocate the criterion's own buffers for ``module``'s output shape."""
 
-    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+    def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         """This step's score: a 0-dim tensor on the device, lower is better, NaN while it is
         not defined yet; ``None`` when there is none at all. Called at every step, also for a
         rolled-back one (``module._bad``), which must not change the criterion's history."""
@@ -138,7 +136,7 @@ class StoppingCriterion(Callback):
     # ------------------------------------------------------------------ the hooks
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        module: DIPModule = pl_module  # type: ignore[assignment]
+        module: FitModule = pl_module  # type: ignore[assignment]
         restored = module.restored_batch()
         device = restored.device
         self.best_score = torch.tensor(math.inf, device=device)
@@ -185,7 +183,7 @@ class StoppingCriterion(Callback):
         """Score the step's output (it is known once ``training_step`` ran)."""
         self.update(trainer, pl_module, int(trainer.global_step) + 1)  # type: ignore[arg-type]
 
-    def update(self, trainer: Trainer, module: DIPModule, step: int) -> None:
+    def update(self, trainer: Trainer, module: FitModule, step: int) -> None:
         """Score step ``step``, update the best and the patience on the device, and at a log
         step queue the state for the module's host read (:meth:`on_read`)."""
         assert self.best_score is not None and self.best_step is not None
@@ -208,7 +206,7 @@ class StoppingCriterion(Callback):
             values = [value, self.expired_step, self.best_step, self.best_score]
             module.read_at_log_step(values, lambda host: self.on_read(trainer, module, step, host))
 
-    def on_read(self, trainer: Trainer, module: DIPModule, step: int, host: list[float]) -> None:
+    def on_read(self, trainer: Trainer, module: FitModule, step: int, host: list[float]) -> None:
         """At a log step, with the values read on the host: log the score; stop the fit once
         the patience has run out."""
         score, expired, best_step, best_score = host
@@ -304,13 +302,13 @@ class WindowedVariance(StoppingCriterion):
         self._outputs: torch.Tensor | None = None
         self._count: torch.Tensor | None = None  # frames stored, on the device
 
-    def prepare(self, module: DIPModule) -> None:
+    def prepare(self, module: FitModule) -> None:
         output = module.last_output
         shape = (self.window, *output.shape[1:])
         self._outputs = torch.zeros(shape, dtype=output.dtype, device=output.device)
         self._count = torch.zeros((), dtype=torch.long, device=output.device)
 
-    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+    def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         """The variance of the last ``window`` outputs of good steps: a rolled-back step
         stores no frame (its slot is written with what it held)."""
         assert self._outputs is not None and isinstance(self._count, torch.Tensor)
@@ -357,13 +355,13 @@ class ExponentialVariance(StoppingCriterion):
         self._variance: torch.Tensor | None = None
         self._count: torch.Tensor | None = None  # outputs taken in, on the device
 
-    def prepare(self, module: DIPModule) -> None:
+    def prepare(self, module: FitModule) -> None:
         output = module.last_output
         self._mean = torch.zeros_like(output)
         self._variance = torch.zeros_like(output)
         self._count = torch.zeros((), dtype=torch.long, device=output.device)
 
-    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+    def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         """The recursion over the outputs of good steps: a rolled-back step changes neither
         the mean nor the variance."""
         assert self._mean is not None and self._variance is not None
@@ -405,14 +403,14 @@ class HeldoutStopping(StoppingCriterion):
     def __init__(self, patience: int = 200, min_steps: int = 50, **kwargs: Any) -> None:
         super().__init__(patience=patience, min_steps=min_steps, **kwargs)
 
-    def prepare(self, module: DIPModule) -> None:
+    def prepare(self, module: FitModule) -> None:
         if module.holdout_keep is None:
             raise ConfigError(
                 "the held-out stopping criterion needs held-out pixels; set "
                 "model.holdout_fraction (e.g. 0.05)"
             )
 
-    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+    def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         return getattr(module, "_heldout_mse", None)
 
 
@@ -433,19 +431,19 @@ class PeakPSNR(StoppingCriterion):
     def __init__(self, patience: int = 1000, min_steps: int = 0, **kwargs: Any) -> None:
         super().__init__(patience=patience, min_steps=min_steps, **kwargs)
 
-    def prepare(self, module: DIPModule) -> None:
+    def prepare(self, module: FitModule) -> None:
         if module.clean is None:
             raise ConfigError(
                 "the psnr stopping criterion needs a clean reference; give data.clean or "
                 "simulate the observation (e.g. data.noise_sigma)"
             )
 
-    def score(self, module: DIPModule, step: int) -> torch.Tensor | None:
+    def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         current = getattr(module, "_psnr_current", None)
         return None if current is None else -current
 
 
-def _rolled_back(module: DIPModule) -> torch.Tensor:
+def _rolled_back(module: FitModule) -> torch.Tensor:
     """Whether the divergence guard rolled the module's current step back (0-dim bool)."""
     bad = module._bad
     device = module.last_output.device

@@ -17,10 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from dip_lightning.data.io import ImageInfo, LoadedImage, load_image
+from dip_lightning.data.masks import load_mask
 from dip_lightning.data.padding import CropBox, crop
 from dip_lightning.degradations.base import Degradation
 from dip_lightning.degradations.downsample import DOWNSAMPLE_FACTORS, bicubic_upsample
-from dip_lightning.degradations.masks import load_mask
 from dip_lightning.errors import ConfigError
 from dip_lightning.seeding import stream_generator
 
@@ -256,7 +256,7 @@ class SingleImageDataModule(LightningDataModule):
         grayscale: ``true`` converts a colour image to one channel, ``false`` expands a gray one
             to three, ``null`` keeps the file's channels.
         mask: an inpainting mask file of the image's size (white = known pixel, black = missing;
-            gray or colour-per-channel as :func:`~dip_lightning.degradations.load_mask` reads
+            gray or colour-per-channel as :func:`~dip_lightning.data.masks.load_mask` reads
             it). Without ``simulate`` the image is the observation and its missing pixels are
             zeroed; with it, the image is the clean image and the mask hides its pixels.
         missing_ratio: fraction of pixels dropped at random (seeded by ``seed``) for a

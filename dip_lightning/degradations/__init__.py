@@ -14,7 +14,6 @@ from dip_lightning.degradations.downsample import (
 from dip_lightning.degradations.identity import Identity, add_gaussian_noise
 from dip_lightning.degradations.mask import Mask, check_mask_fits, check_mask_values
 from dip_lightning.degradations.masks import (
-    load_mask,
     random_pixel_mask,
     random_rectangles_mask,
     rectangle_mask,
@@ -34,7 +33,6 @@ __all__ = [
     "bicubic_upsample",
     "check_mask_fits",
     "check_mask_values",
-    "load_mask",
     "make_degradation",
     "random_pixel_mask",
     "random_rectangles_mask",

@@ -50,7 +50,9 @@ from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
-from dip_lightning.tasks.base import DIPModule, LastGoodState, log_host_values, read_on_host
+from dip_lightning.tasks.base import DIPModule
+from dip_lightning.tasks.guard import LastGoodState
+from dip_lightning.tasks.host_reads import log_host_values, read_on_host
 
 __all__ = ["BatchedDIP", "MemberTrainer", "batch_names"]
 
