@@ -5,6 +5,7 @@
     dip restore small.png --task super-resolution --scale 4 -o big.png
     dip restore noflash.jpg --task flash --flash flash.jpg -o out.png
     dip restore photos/ -o restored/                            # every image of a folder
+    dip restore photos/ -o restored/ --workers 2                # two fits at a time
 
 Each input is one fit of ``dip fit`` built from a preset (``--preset fast``: sized for a CPU;
 ``paper``: the paper's settings) with a stopping criterion that needs no ground truth: by default
@@ -14,6 +15,12 @@ atomically, with the input's size (times ``--scale``), mode and bit depth. With 
 input that fails gets its one error line and the others are still restored; the exit status is
 then 2. ``--batch-size K`` fits up to ``K`` inputs of one size at once as one grouped network
 (:class:`~dip_lightning.tasks.batched.BatchedDIP`), each stopping by itself.
+
+An output that exists and is complete (an image of the size its input restores to) is skipped
+and counted in the summary line; ``--overwrite`` restores it again. With an output folder, the
+folder is resumable: ``--workers N`` worker processes and the ranks of torchrun or SLURM share
+the inputs, each input is claimed by one process at a time, and ``manifest.json`` lists each
+input with its status (see :mod:`dip_lightning.restore_parallel`).
 
 It prints a progress bar that counts towards the step where the criterion will stop
 (:class:`~dip_lightning.callbacks.progress.StoppingProgressBar`), one line per output, and a
@@ -200,7 +207,8 @@ def restore_parser() -> ArgumentParser:
         "clean",
         type=str | None,
         default=None,
-        help="A clean reference, only to report PSNR/SSIM (one input).",
+        help="A clean reference, only to report PSNR/SSIM (one input), or a folder of "
+        "references named as the inputs.",
     )
     option(
         "metrics",
@@ -221,13 +229,33 @@ def restore_parser() -> ArgumentParser:
         help="Fit up to this many inputs of one size at once, as one grouped network (faster "
         "on a GPU for small images; on a CPU one at a time is as fast).",
     )
+    option(
+        "workers",
+        type=int,
+        default=1,
+        help="Restore with this many worker processes on this machine, each fitting one "
+        "input (or batch) at a time; with --device cuda worker i fits on GPU i mod the GPU "
+        "count.",
+    )
+    option(
+        "threads",
+        type=int | None,
+        default=None,
+        help="CPU threads of each worker (default: this machine's cores divided among the "
+        "workers).",
+    )
     option("resume", type=str | None, default=None, help="Continue from this checkpoint.")
-    option("overwrite", action=ActionYesNo, default=False, help="Replace existing outputs.")
+    option(
+        "overwrite",
+        action=ActionYesNo,
+        default=False,
+        help="Restore again the inputs whose output exists (else a complete output is skipped).",
+    )
     option(
         "quiet",
         action=ActionYesNo,
         default=False,
-        help="No progress bar; warnings and errors only.",
+        help="No progress bars; warnings, errors and the summary only.",
     )
     option(
         "verbose",
@@ -287,6 +315,8 @@ class Job:
 
     input: Path
     output: Path
+    #: its clean reference (``--clean`` with a folder), else ``cfg.clean``
+    clean: Path | None = None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -295,8 +325,10 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
-def plan(inputs: list[str], output: str) -> list[Job]:
-    """The jobs for ``inputs`` (files or folders) and ``output``; folders are expanded."""
+def plan(inputs: list[str], output: str, clean: str | None = None) -> list[Job]:
+    """The jobs for ``inputs`` (files or folders) and ``output``; folders are expanded. With
+    ``clean`` a folder, each input's reference is the file of the same name in it (or of the
+    same stem with another image suffix)."""
     paths: list[Path] = []
     for name in inputs:
         path = Path(name)
@@ -323,10 +355,23 @@ def plan(inputs: list[str], output: str) -> list[Job]:
         return [Job(paths[0], target)]
     stems = [p.stem for p in paths]
     jobs = []
+    references = Path(clean) if clean is not None and Path(clean).is_dir() else None
     for path in paths:
         name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{path.suffix[1:]}"
-        jobs.append(Job(path, target / f"{name}.png"))
+        reference = _reference(references, path) if references is not None else None
+        jobs.append(Job(path, target / f"{name}.png", reference))
     return jobs
+
+
+def _reference(folder: Path, image: Path) -> Path:
+    """The clean reference of ``image`` in ``folder``: the same name, or the same stem."""
+    same = folder / image.name
+    if same.is_file():
+        return same
+    found = [p for p in _images_in(folder) if p.stem == image.stem]
+    if len(found) == 1:
+        return found[0]
+    raise ConfigError(f"no clean reference for {image} in {folder} (looked for {same})")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -337,7 +382,8 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(job: Job, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over an input, or over an existing file without ``overwrite``."""
+    """Refuse to write over an input, or over an existing file without ``overwrite``
+    (:func:`restore_jobs` decides first whether an existing output is complete)."""
     for path in inputs:
         if _same_file(job.output, path):
             raise ConfigError(f"the output {job.output} is an input; choose another output path")
@@ -369,7 +415,7 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         f"--model.seed={cfg.seed}",
         f"--trainer.default_root_dir={run_dir}",
     ]
-    if not cfg.quiet:  # before the criterion, whose options follow it
+    if not cfg.quiet and cfg.get("fit_bar", True):  # before the criterion and its options
         args.append("--trainer.callbacks+=dip_lightning.callbacks.progress.StoppingProgressBar")
     args.append(f"--trainer.callbacks+={criterion}")
     patience = (
@@ -379,8 +425,9 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         args.append(f"--trainer.callbacks.patience={patience}")
     if cfg.criterion == "heldout":
         args.append("--model.init_args.holdout_fraction=0.05")
-    if cfg.clean:
-        args.append(f"--data.clean={cfg.clean}")
+    clean = job.clean if job.clean is not None else cfg.clean
+    if clean:
+        args.append(f"--data.clean={clean}")
     if cfg.task == "inpaint":
         if not cfg.mask:
             raise ConfigError("--task inpaint needs --mask (white = known pixel)")
@@ -397,7 +444,11 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
     elif cfg.flash:
         raise ConfigError(f"--flash is for --task flash, not {cfg.task}")
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}[cfg.device]
-    args += [f"--trainer.accelerator={accelerator}", "--trainer.devices=1"]
+    gpu = cfg.get("gpu")
+    if gpu is not None and accelerator != "cpu":  # this worker's or rank's GPU
+        args += ["--trainer.accelerator=gpu", f"--trainer.devices=[{int(gpu)}]"]
+    else:
+        args += [f"--trainer.accelerator={accelerator}", "--trainer.devices=1"]
     if cfg.precision == "auto":
         from dip_lightning.precision import choose_precision
 
@@ -419,19 +470,28 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
         ]
     else:
         args.append("--trainer.logger=false")
-    if cfg.quiet:
+    if cfg.quiet or not cfg.get("fit_bar", True):
         args.append("--trainer.enable_progress_bar=false")
     if not cfg.get("verbose"):
         args.append("--trainer.enable_model_summary=false")
     return args
 
 
-def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[dict[str, Any]]:
+def restore_batch(
+    cfg: Namespace,
+    jobs: list[Job],
+    inputs: list[Path],
+    *,
+    run_dir: Path | None = None,
+    replace: bool | None = None,
+) -> list[dict[str, Any]]:
     """Restore each of ``jobs`` into its output, in one fit (a batched one for several jobs);
     their metrics. Raises :class:`DIPError`.
 
-    Without ``--logdir`` the fit runs in a temporary folder, removed when the fit ends or fails;
-    only an interrupted fit keeps it (its checkpoint continues with ``--resume``)."""
+    Without ``--logdir`` the fit runs in a temporary folder (``run_dir`` when given, else a
+    new one), removed when the fit ends or fails; only an interrupted fit keeps it (its
+    checkpoint continues with ``--resume``). An existing output is replaced when ``replace``
+    (default: ``--overwrite``), else refused."""
     import json
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -440,11 +500,14 @@ def restore_batch(cfg: Namespace, jobs: list[Job], inputs: list[Path]) -> list[d
     from dip_lightning.tasks.batched import batch_names
 
     for job in jobs:
-        check_output(job, inputs, cfg.overwrite)
+        check_output(job, inputs, cfg.overwrite if replace is None else replace)
         if not job.input.exists():
             raise ConfigError(not_found("image", job.input))
     scratch = cfg.logdir is None
-    run_dir = Path(tempfile.mkdtemp(prefix="dip-restore-")) if scratch else Path(cfg.logdir)
+    if not scratch:
+        run_dir = Path(cfg.logdir)
+    elif run_dir is None:
+        run_dir = Path(tempfile.mkdtemp(prefix="dip-restore-"))
     keep = False
     try:
         args = fit_arguments(cfg, jobs[0], run_dir)
@@ -592,8 +655,15 @@ def parse(argv: list[str]) -> Namespace:
         raise ConfigError(f"cannot read the options: {exc}; give a YAML file to --config") from None
     if cfg.task != "super-resolution" and cfg.scale is not None:
         raise ConfigError(f"--scale is for --task super-resolution, not {cfg.task}")
-    if cfg.clean and len(cfg.inputs) > 1:
-        raise ConfigError("--clean is a reference for one input; give one input with it")
+    if cfg.clean and len(cfg.inputs) > 1 and not Path(cfg.clean).is_dir():
+        raise ConfigError(
+            "--clean is a reference for one input; give one input with it, or a folder of "
+            "references named as the inputs"
+        )
+    if cfg.workers < 1:
+        raise ConfigError(f"--workers {cfg.workers} is out of range; use >= 1")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"--threads {cfg.threads} is out of range; use >= 1")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"--patience {cfg.patience} is out of range; use >= 1")
     if cfg.criterion == "auto":
@@ -643,40 +713,315 @@ def quiet_output(verbose: bool = False, quiet: bool = False) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _restore_all(cfg: Namespace) -> None:
-    from dip_lightning.cli import user_error
+def worker_output(cfg: Namespace) -> contextlib.AbstractContextManager[None]:
+    """What a worker process of ``--workers`` prints: set up as ``dip restore``'s own output."""
+    from dip_lightning.cli import _configure_logging
 
-    jobs = plan(cfg.inputs, cfg.output)
+    _configure_logging()
+    return quiet_output(verbose=cfg.verbose, quiet=cfg.quiet)
+
+
+def _restore_all(cfg: Namespace) -> None:
+    from dip_lightning import restore_parallel as parallel
+
+    jobs = plan(cfg.inputs, cfg.output, cfg.clean)
     if cfg.resume and len(jobs) > 1:
         raise ConfigError("--resume continues one fit; give the one input it belongs to")
-    inputs = [job.input for job in jobs]
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size {cfg.batch_size} is out of range; use >= 1")
     if cfg.resume and cfg.batch_size > 1:
         raise ConfigError("--resume continues one fit; leave out --batch-size")
-    results: dict[str, dict[str, Any]] = {}
-    failed = 0
-    for batch in batches(jobs, cfg.batch_size):
-        names = ", ".join(str(job.input) for job in batch)
-        try:
-            for job, metrics in zip(batch, restore_batch(cfg, batch, inputs), strict=True):
-                results[str(job.input)] = metrics
-        except Exception as exc:
-            error = user_error(exc)
-            if error is None or len(jobs) == 1:
+    if cfg.batch_size > 1 and any(job.clean is not None for job in jobs):
+        raise ConfigError(
+            "--clean with a folder scores each input in its own fit; leave out --batch-size"
+        )
+    inputs = [job.input for job in jobs]
+    single = len(jobs) == 1 and not _to_folder(cfg, jobs)
+    folder = None if single else jobs[0].output.parent
+    share = parallel.cluster_share()
+    mine = parallel.take_share(jobs, share, key=lambda job: str(job.input))
+    state = parallel.OutputFolder(folder, share.rank if share else None) if folder else None
+    # complete outputs are skipped here, without a worker
+    done = [job for job in mine if existing_output(job, cfg, state) == "complete"]
+    todo = [job for job in mine if job not in done]
+    local = share.local_world if share is not None else 1
+    workers = min(cfg.workers, max(len(batches(todo, cfg.batch_size)), 1))
+    threads = cfg.threads or parallel.default_threads(workers, local)
+    gpus = _gpu_count(cfg.device)
+    first_gpu = (share.local_rank if share is not None else 0) * workers
+    cfg.gpu = first_gpu % gpus if gpus and (share is not None or workers > 1) else None
+    if workers == 1 and (cfg.threads is not None or local > 1):
+        import torch
+
+        torch.set_num_threads(threads)
+    summary = _Summary(cfg, len(mine), share, workers)
+    try:
+        for job in done:
+            for outcome in restore_jobs(cfg, [job], inputs, state, single=single):
+                summary.add(outcome)
+        if workers == 1:
+            for batch in batches(todo, cfg.batch_size):
+                for outcome in restore_jobs(cfg, batch, inputs, state, single=single):
+                    summary.add(outcome)
+        else:
+            setups = [
+                {
+                    "threads": threads,
+                    "gpu": (first_gpu + index) % gpus if gpus else None,
+                    "rank": share.rank if share else None,
+                }
+                for index in range(workers)
+            ]
+            parallel.run_workers(
+                cfg,
+                batches(todo, cfg.batch_size),
+                inputs,
+                folder,
+                setups,
+                summary.add,
+                summary.status,
+                restore_jobs,
+                worker_output,
+            )
+    finally:
+        summary.close()
+        if state is not None:
+            state.sweep()
+            if (state.state / "records").is_dir():
+                state.write_manifest()
+    summary.finish(single, state)
+
+
+def _to_folder(cfg: Namespace, jobs: list[Job]) -> bool:
+    """Whether the output is a folder (several inputs, a folder, a path ending in /)."""
+    return (
+        len(jobs) > 1
+        or Path(cfg.output).is_dir()
+        or cfg.output.endswith(("/", "\\"))
+        or any(Path(name).is_dir() for name in cfg.inputs)
+    )
+
+
+def _gpu_count(device: str) -> int:
+    """The GPUs the fits may use: those of ``--device cuda`` (or auto, when there are)."""
+    if device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class _Summary:
+    """What a run prints as inputs finish: error lines, the overall bar in a terminal, and
+    the summary line at the end."""
+
+    def __init__(self, cfg: Namespace, total: int, share: Any, workers: int) -> None:
+        self.cfg = cfg
+        self.total = total
+        self.share = share
+        self.counts = {"restored": 0, "skipped": 0, "failed": 0, "busy": 0, "interrupted": 0}
+        self.internal = False
+        self.results: dict[str, dict[str, Any]] = {}
+        self.bar: Any = None
+        if not cfg.quiet and total > 1 and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                desc="images",
+                unit="image",
+                position=1 if workers == 1 else 0,
+                leave=True,
+                dynamic_ncols=True,
+                file=sys.stdout,
+                smoothing=0,
+            )
+
+    def add(self, outcome: Any) -> None:
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        self.internal = self.internal or outcome.internal
+        if outcome.status == "restored":
+            self.results[outcome.input] = outcome.metrics
+        if outcome.error is not None:
+            self._write(f"error: {outcome.input}: {outcome.error}")
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def status(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=True)
+
+    def _write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            sys.stderr.write(line + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def finish(self, single: bool, state: Any) -> None:
+        """Write ``--metrics``, print the summary line and exit 2 when an input failed."""
+        cfg = self.cfg
+        if cfg.metrics and self.results:
+            value = next(iter(self.results.values())) if single else self.results
+            atomic_write_json(cfg.metrics, value)
+        counts = self.counts
+        failed = counts["failed"]
+        if not single or counts["skipped"]:
+            parts = [f"{counts['restored']} restored", f"{counts['skipped']} skipped"]
+            if counts["busy"]:
+                parts.append(f"{counts['busy']} being restored by another process")
+            parts.append(f"{failed} failed")
+            where = f"; manifest {state.folder / 'manifest.json'}" if state is not None else ""
+            rank = ""
+            if self.share is not None:
+                rank = f"rank {self.share.rank} of {self.share.world}: "
+            line = f"{rank}{', '.join(parts)} of {self.total} inputs{where}"
+            if not single or cfg.quiet:
+                sys.stderr.write(line + "\n")
+        if failed:
+            sys.stderr.write(f"error: {failed} of {self.total} inputs failed\n")
+            raise SystemExit(1 if self.internal else 2)
+
+
+def expected_size(job: Job, cfg: Namespace) -> tuple[int, int] | None:
+    """``(width, height)`` of ``job``'s restored image, ``None`` when its input is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(job.input) as image:
+            width, height = oriented_size(image)
+    except (OSError, ValueError):
+        return None
+    if cfg.task == "super-resolution":
+        scale = cfg.scale if cfg.scale is not None else DEFAULT_SCALE
+        return width * scale, height * scale
+    return width, height
+
+
+def existing_output(job: Job, cfg: Namespace, state: Any) -> str | None:
+    """What to do with ``job``'s output before a fit: ``None`` (fit: no output yet,
+    ``--overwrite`` or ``--resume``, the image of an interrupted fit, or an unreadable input
+    whose error the fit tells), ``"complete"`` (skip), or why it is no restoration of the
+    input (refuse)."""
+    from PIL import Image
+
+    if not job.output.exists() or cfg.overwrite or cfg.resume:
+        return None
+    if job.output.is_dir():
+        return None  # check_output refuses it
+    if state is not None and state.interrupted(job.output):
+        return None
+    expected = expected_size(job, cfg)
+    if expected is None:
+        return None
+    try:
+        with Image.open(job.output) as image:
+            size = image.size
+    except (OSError, ValueError):
+        return "not an image"
+    if size != expected:
+        return f"{size[0]}x{size[1]}, not {expected[0]}x{expected[1]}"
+    return "complete"
+
+
+def restore_jobs(
+    cfg: Namespace, batch: list[Job], inputs: list[Path], state: Any, single: bool = False
+) -> list[Any]:
+    """Restore one batch as ``dip restore`` does, skipping the inputs whose output is complete
+    and those another process holds (with ``state``, the output folder's claims and records;
+    see :mod:`dip_lightning.restore_parallel`); the :class:`Outcome` of each input. An input
+    error gives a ``failed`` outcome with its one line; with ``single`` it is raised instead,
+    as are errors that are not the user's."""
+    import time
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dip_lightning.cli import user_error
+    from dip_lightning.restore_parallel import Outcome
+
+    outcomes: dict[str, Any] = {}
+    claims: dict[str, Any] = {}
+    todo: list[Job] = []
+
+    def fail(job: Job, error: str, line: str | None) -> None:
+        if single:
+            raise ConfigError(error)
+        outcomes[str(job.output)] = Outcome(
+            str(job.input), str(job.output), "failed", error, error=line
+        )
+
+    try:
+        for job in batch:
+            try:
+                check_output(job, inputs, overwrite=True)
+            except ConfigError as exc:
+                fail(job, str(exc), str(exc))
+                continue
+            if state is not None:
+                claim = state.claim(job.output)
+                if claim is None:
+                    outcomes[str(job.output)] = Outcome(str(job.input), str(job.output), "busy")
+                    continue
+                claims[str(job.output)] = claim
+            verdict = existing_output(job, cfg, state)
+            if verdict == "complete":
+                log.info("%s: %s exists; skipped (--overwrite redoes it)", job.input, job.output)
+                outcomes[str(job.output)] = Outcome(str(job.input), str(job.output), "skipped")
+            elif verdict is not None:
+                why = (
+                    f"{job.output} exists and is not a restored image of {job.input} "
+                    f"({verdict}); pass --overwrite to replace it"
+                )
+                fail(job, why, why)
+            else:
+                todo.append(job)
+        if todo:
+            run_dir = None if cfg.logdir else Path(tempfile.mkdtemp(prefix="dip-restore-"))
+            for job in todo:
+                if str(job.output) in claims:
+                    claims[str(job.output)].note(run=str(run_dir) if run_dir else None)
+            start = time.perf_counter()
+            try:
+                results = restore_batch(cfg, todo, inputs, run_dir=run_dir, replace=True)
+            except (KeyboardInterrupt, SIGTERMException):
+                for job in todo:  # the best image so far, written: the next run redoes it
+                    if job.output.is_file():
+                        outcomes[str(job.output)] = Outcome(
+                            str(job.input), str(job.output), "interrupted"
+                        )
                 raise
-            sys.stderr.write(f"error: {names}: {error}\n")
-            failed += len(batch)
-        except SystemExit as exc:  # a parser error of the fit, already printed
-            if len(jobs) == 1 or exc.code in (0, None):
-                raise
-            failed += len(batch)
-    if cfg.metrics and results:
-        single = len(jobs) == 1
-        atomic_write_json(cfg.metrics, next(iter(results.values())) if single else results)
-    if failed:
-        sys.stderr.write(f"error: {failed} of {len(jobs)} inputs failed\n")
-        raise SystemExit(2)
+            except SystemExit as exc:  # a parser error of the fit, already printed
+                if single or exc.code in (0, None):
+                    raise
+                for job in todo:
+                    fail(job, "invalid options (see above)", None)
+            except Exception as exc:
+                error = user_error(exc)
+                if error is None or single:
+                    raise
+                for job in todo:
+                    fail(job, str(error), str(error))
+            else:
+                seconds = round(time.perf_counter() - start, 3)
+                for job, metrics in zip(todo, results, strict=True):
+                    metrics.setdefault("seconds", seconds)
+                    outcomes[str(job.output)] = Outcome(
+                        str(job.input), str(job.output), "restored", metrics=metrics
+                    )
+        return [outcomes[str(job.output)] for job in batch if str(job.output) in outcomes]
+    finally:
+        if state is not None:
+            for key, outcome in outcomes.items():
+                if outcome.status != "busy" and key in claims:
+                    state.write_record(outcome)
+            for claim in claims.values():
+                claim.release()
+            if outcomes:
+                state.write_manifest()
 
 
 @dataclass

@@ -136,13 +136,20 @@ def test_several_inputs_and_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "restored"
     code = run([str(folder), "-o", str(out), *FAST])
     assert code == 2
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png"]
     with Image.open(out / "b.png") as image:
         assert image.size == (19, 17)
     err = capsys.readouterr().err.strip().splitlines()
     assert any("broken.png" in line and line.startswith("error:") for line in err)
-    assert err[-1] == "error: 1 of 3 inputs failed"
+    assert err[-2:] == [
+        f"2 restored, 0 skipped, 1 failed of 3 inputs; manifest {out / 'manifest.json'}",
+        "error: 1 of 3 inputs failed",
+    ]
     assert "Traceback" not in "\n".join(err)
+    entries = json.loads((out / "manifest.json").read_text())["inputs"]
+    statuses = {Path(entry["output"]).name: entry["status"] for entry in entries}
+    assert statuses["a.png"] == statuses["b.png"] == "restored"
+    assert statuses["broken.png"].startswith(f"failed: cannot read image: {folder / 'broken.png'}")
 
 
 def test_outputs_are_named_after_inputs(tmp_path: Path) -> None:
@@ -156,7 +163,11 @@ def test_outputs_are_named_after_inputs(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["{in}", "-o", "{in}"], "the output {in} is an input; choose another output path"),
-        (["{in}", "-o", "{existing}"], "{existing} exists; pass --overwrite to replace it"),
+        (
+            ["{in}", "-o", "{existing}"],
+            "{existing} exists and is not a restored image of {in} (not an image); pass "
+            "--overwrite to replace it",
+        ),
         (["{in}", "-o", "{dir}/out.xyz"], "unsupported extension"),
         (
             ["{dir}/missing.png", "-o", "{dir}/o.png"],
