@@ -234,6 +234,25 @@ def _gpu_waiter() -> Any:
     return WaitForTheGPU()
 
 
+def fit_cli_args(
+    spec: dict[str, Any], image: Path, max_steps: int, work: str, extra: list[str]
+) -> list[str]:
+    """``dip fit``'s arguments for ``spec`` (an entry of :data:`CONFIGS`) on ``image``: no
+    clean image, logger, bar or summary, ``max_steps`` steps in ``work``, then ``extra``."""
+    return [
+        "--config", str(REPO / spec["config"]),
+        "--data.image", str(image),
+        "--data.clean", "null",
+        *spec["data"],
+        "--trainer.max_steps", str(max_steps),
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.logger", "false",
+        "--trainer.default_root_dir", work,
+        *extra,
+    ]  # fmt: skip
+
+
 def fit_seconds_per_step(
     spec: dict[str, Any],
     size: int,
@@ -251,26 +270,7 @@ def fit_seconds_per_step(
 
     with tempfile.TemporaryDirectory() as work:
         image = _test_image(size, Path(work))
-        args = [
-            "--config",
-            str(REPO / spec["config"]),
-            "--data.image",
-            str(image),
-            "--data.clean",
-            "null",
-            *spec["data"],
-            "--trainer.max_steps",
-            str(warmup + steps + 1),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.logger",
-            "false",
-            "--trainer.default_root_dir",
-            work,
-            *extra(image),
-        ]
+        args = fit_cli_args(spec, image, warmup + steps + 1, work, extra(image))
         cli = DIPCLI(args=args, run=False)
         if _device() == "cuda":
             # the fit makes no host sync between log steps, so without this the step times

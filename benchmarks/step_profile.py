@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import CONFIGS, FIT_VARIANTS, REPO, _test_image
+from speed import CONFIGS, FIT_VARIANTS, _test_image, fit_cli_args
 
 #: operator group -> pattern on the operator's name (the first match wins; the optimizer is
 #: found by its ``Optimizer.step`` ancestor before these)
@@ -86,26 +86,7 @@ def profile_fit(
 
     with tempfile.TemporaryDirectory() as work:
         image = _test_image(size, Path(work))
-        args = [
-            "--config",
-            str(REPO / spec["config"]),
-            "--data.image",
-            str(image),
-            "--data.clean",
-            "null",
-            *spec["data"],
-            "--trainer.max_steps",
-            str(warmup + steps),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.logger",
-            "false",
-            "--trainer.default_root_dir",
-            work,
-            *FIT_VARIANTS.get(variant, []),
-        ]
+        args = fit_cli_args(spec, image, warmup + steps, work, FIT_VARIANTS.get(variant, []))
         cli = DIPCLI(args=args, run=False)
         training_step = cli.model.training_step
 
