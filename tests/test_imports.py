@@ -178,3 +178,36 @@ def test_a_lower_layer_loads_alone(statement: str, forbidden: str) -> None:
     loaded = loaded_by(statement)
     assert statement.split()[-1] in loaded
     assert not [m for m in loaded if m == forbidden or m.startswith(forbidden + ".")], loaded
+
+
+STEP_METHODS = {"training_step", "validation_step", "test_step", "predict_step", "optimizer_step"}
+
+
+def step_methods(path: Path) -> list[str]:
+    """``Class.method`` for each of Lightning's step methods a class of ``path`` defines."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                is_function = isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                if is_function and item.name in STEP_METHODS:
+                    found.append(f"{node.name}.{item.name}")
+    return found
+
+
+def test_the_loop_is_defined_once() -> None:
+    """The steps of a fit live in ``tasks/base.py`` (``FitLoop``); no other module of the tasks
+    defines one, and the loop's file stays small."""
+    tasks = REPO / PACKAGE / "tasks"
+    base = tasks / "base.py"
+    assert step_methods(base) == ["FitLoop.training_step", "FitLoop.optimizer_step"]
+    others = {p.name: step_methods(p) for p in sorted(tasks.glob("*.py")) if p != base}
+    assert "batched.py" in others and "denoising.py" in others
+    assert not any(others.values()), {k: v for k, v in others.items() if v}
+    assert len(base.read_text().splitlines()) < 450
+
+
+def test_step_methods_sees_a_definition(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("class A:\n    def training_step(self): ...\n    def other(self): ...\n")
+    assert step_methods(source) == ["A.training_step"]

@@ -9,7 +9,7 @@ subclass only chooses its degradation (:meth:`DIPModule.build_degradation`) and 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,47 @@ OptimizerFactory = Callable[[Iterable[torch.Tensor], float], torch.optim.Optimiz
 LossName = Literal["mse", "l1"]
 
 
+class FitLoop(LightningModule):
+    """The steps of a fit, the same for one image (:class:`DIPModule`) and for several at once
+    (:class:`~dip_lightning.tasks.batched.BatchedDIP`), which give the hooks, not the steps:
+    perturb ``z``, forward, the loss (:meth:`fit_step`: ``A``, data term, guard, averages);
+    backward and the optimizer's step; the guard's roll-back; the log step's one host read."""
+
+    if TYPE_CHECKING:  # the hooks, given by the subclasses (and DIPModule's mixins)
+
+        def perturbed_input(self) -> torch.Tensor: ...
+        def fit_step(self, x: Any, step: int) -> torch.Tensor: ...
+        def guarded_parameters(self) -> list[torch.Tensor] | None: ...
+        def keep_state_before_step(self, params: list[torch.Tensor], optimizer: Any) -> None: ...
+        def roll_back_diverged(
+            self, params: list[torch.Tensor], optimizer: Any, step: int
+        ) -> None: ...
+        def flush_host_reads(self) -> None: ...
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.fit_step(self(self.perturbed_input()), self.global_step + 1)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """The step (``training_step``, backward, ``optimizer.step``), then the divergence
+        guard: where this step diverged, the parameters and the optimizer state are set back
+        to the last good ones (:class:`~dip_lightning.tasks.guard.LastGoodState`); then the log
+        step's one host read."""
+        step = self.global_step + 1
+        params = self.guarded_parameters()
+        if params is not None:
+            self.keep_state_before_step(params, optimizer)
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if params is not None:
+            self.roll_back_diverged(params, optimizer, step)
+        self.flush_host_reads()
+
+
 class DIPModule(
     FitBuilding,
     Perturbation,
@@ -54,7 +95,7 @@ class DIPModule(
     FeedbackTerm,
     HostReads,
     CheckpointScores,
-    LightningModule,
+    FitLoop,
 ):
     """Fit a randomly initialised network to one degraded image.
 
@@ -295,9 +336,6 @@ class DIPModule(
             return
         super().log(name, value, *args, **kwargs)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self.fit_step(self(self.perturbed_input()), self.global_step + 1)
-
     def fit_step(self, x: torch.Tensor, step: int) -> torch.Tensor:
         """The loss of step ``step`` for the network's output ``x`` (cropped, float32): ``A``,
         the data term (and the task's regulariser and the feedback term), the divergence guard's
@@ -318,26 +356,6 @@ class DIPModule(
         if self.is_log_step(step):
             self.log_step_values(loss.detach(), None if term is None else term.detach())
         return loss
-
-    def optimizer_step(
-        self,
-        epoch: int,
-        batch_idx: int,
-        optimizer: Any,
-        optimizer_closure: Callable[[], Any] | None = None,
-    ) -> None:
-        """The step (``training_step``, backward, ``optimizer.step``), then the divergence
-        guard: where this step diverged, the parameters and the optimizer state are set back
-        to the last good ones (:class:`~dip_lightning.tasks.guard.LastGoodState`); then the log
-        step's one host read."""
-        step = self.global_step + 1
-        params = self.guarded_parameters()
-        if params is not None:
-            self.keep_state_before_step(params, optimizer)
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if params is not None:
-            self.roll_back_diverged(params, optimizer, step)
-        self.flush_host_reads()
 
     def is_log_step(self, step: int) -> bool:
         """Whether step ``step`` (1-based) logs: each ``trainer.log_every_n_steps`` and the last."""

@@ -50,7 +50,7 @@ from dip_lightning.data.datamodule import SingleImageDataModule
 from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
-from dip_lightning.tasks.base import DIPModule
+from dip_lightning.tasks.base import DIPModule, FitLoop
 from dip_lightning.tasks.guard import LastGoodState
 from dip_lightning.tasks.host_reads import log_host_values, read_on_host
 
@@ -243,7 +243,7 @@ class BatchedCallbacks(Callback):
         self._loaded = None
 
 
-class BatchedDIP(LightningModule):
+class BatchedDIP(FitLoop):
     """Fit ``members`` (DIP modules of one config), each to its ``datas`` image, at once.
 
     Args:
@@ -377,14 +377,17 @@ class BatchedDIP(LightningModule):
             outputs.append(crop.to(member.last_output.dtype))
         return outputs
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        step = self.global_step + 1
-        members = self.dip_members()
-        z = torch.cat([member.perturbed_input() for member in members], 1)
+    def perturbed_input(self) -> torch.Tensor:
+        """The members' perturbed inputs stacked along channels."""
+        z = torch.cat([member.perturbed_input() for member in self.dip_members()], 1)
         if self.first.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        losses = [member.fit_step(x, step) for member, x in zip(members, self(z), strict=True)]
-        loss = torch.stack(losses).sum()
+        return z
+
+    def fit_step(self, x: list[torch.Tensor], step: int) -> torch.Tensor:
+        """The sum of the members' losses (:meth:`DIPModule.fit_step`) for their outputs ``x``."""
+        members = self.dip_members()
+        loss = torch.stack([m.fit_step(out, step) for m, out in zip(members, x, strict=True)]).sum()
         if self.first.is_log_step(step):
             self._host_reads.append(
                 ([loss.detach()], lambda v: self.log_host_values({"train/loss": v[0]}))
@@ -395,26 +398,24 @@ class BatchedDIP(LightningModule):
         """Log numbers read at a log step (see :meth:`DIPModule.log_host_values`)."""
         log_host_values(self.trainer, values, ("train/loss",))
 
-    def optimizer_step(
-        self,
-        epoch: int,
-        batch_idx: int,
-        optimizer: Any,
-        optimizer_closure: Any = None,
-    ) -> None:
-        """The step, then the roll-back of the block of each parameter and of its optimizer
-        state that belongs to an image whose step diverged (or that has stopped), the others
-        kept; then the per-image divergence policy and the log step's one host read."""
-        step = self.global_step + 1
-        first = self.first
-        members = self.dip_members()
+    def guarded_parameters(self) -> list[torch.Tensor]:
+        """The grouped network's trainable parameters: an image's block of them goes back when
+        its step diverged or when it has stopped, so they are always kept."""
         assert self.grouped is not None
-        params = [p for p in self.grouped.parameters() if p.requires_grad]
-        guarded = first.guard_drop_db is not None or any(m.halted for m in members)
+        return [p for p in self.grouped.parameters() if p.requires_grad]
+
+    def keep_state_before_step(self, params: list[torch.Tensor], optimizer: Any) -> None:
         if not self._last_good.ready:
             self._last_good.save(params, optimizer)  # the state before the first step
         self._before_step.save(params, optimizer)  # not yet known to be good
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def roll_back_diverged(self, params: list[torch.Tensor], optimizer: Any, step: int) -> None:
+        """The roll-back of the block of each parameter and of its optimizer state that
+        belongs to an image whose step diverged (or that has stopped), the others kept; then
+        the per-image divergence policy."""
+        first = self.first
+        members = self.dip_members()
+        guarded = first.guard_drop_db is not None or any(m.halted for m in members)
         if all(member._bad is not None for member in members):
             bad = torch.stack([member._bad for member in members])  # type: ignore[misc]
 
@@ -436,11 +437,15 @@ class BatchedDIP(LightningModule):
             for member, name in zip(members, self.names, strict=True):
                 if not member.halted:
                     member.check_divergence(step, self._halter(member, name, limit))
+
+    def flush_host_reads(self) -> None:
+        """The one host read of a log step: the members' values and the summed loss."""
+        members = self.dip_members()
         reads = [read for member in members for read in member._host_reads] + self._host_reads
         for member in members:
             member._host_reads = []
         self._host_reads = []
-        read_on_host(reads)  # the one host read of a log step
+        read_on_host(reads)
 
     def _halter(self, member: DIPModule, name: str, limit: int) -> Any:
         """What to do with ``member``'s longest run of roll-backs, read at a log step: halt it
