@@ -5,12 +5,14 @@ from dip_lightning.metrics.fbc import (
     band_masks,
     frequency_band_correspondence,
 )
+from dip_lightning.metrics.noise_level import estimate_sigma
 from dip_lightning.metrics.psnr import psnr, psnr_y, rgb_to_y
 from dip_lightning.metrics.ssim import ssim
 
 __all__ = [
     "FrequencyBandCorrespondence",
     "band_masks",
+    "estimate_sigma",
     "frequency_band_correspondence",
     "psnr",
     "psnr_y",
