@@ -22,6 +22,7 @@ stream           key   seeded by     draws
 ``offsets``      5     model.seed    the bank's window offsets
 ``observation``  6     data.seed     the simulated degradation (noise, ...)
 ``mask``         7     data.seed     a random-pixel mask (``data.missing_ratio``)
+``divergence``   8     model.seed    the probes of SURE's divergence (``model.loss: sure``)
 ===============  ====  ============  =======================================================
 
 >>> stream_seed(0, "weights") != stream_seed(0, "input")
@@ -45,6 +46,7 @@ STREAMS: dict[str, int] = {
     "offsets": 5,
     "observation": 6,
     "mask": 7,
+    "divergence": 8,
 }
 
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PAD_MODES", "CropBox", "crop", "pad_to_multiple", "padded_size"]
+from dip_lightning.errors import ConfigError
+
+__all__ = ["PAD_MODES", "CropBox", "crop", "pad_centered", "pad_to_multiple", "padded_size"]
 
 #: Padding modes accepted by :func:`pad_to_multiple`.
 PAD_MODES = ("reflect", "replicate", "circular", "constant")
@@ -152,3 +154,28 @@ def crop(x: torch.Tensor, box: CropBox) -> torch.Tensor:
     ):
         raise ValueError(f"{box} does not fit inside a {height}x{width} (HxW) tensor")
     return x[..., box.top : box.bottom, box.left : box.right]
+
+
+def pad_centered(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad ``(..., h, w)`` to ``(..., height, width)`` around the centre, as the loop crops.
+
+    The top/left margin is ``(height - h) // 2`` / ``(width - w) // 2`` (the loop's crop box);
+    reflection padding where the image is large enough, edge replication otherwise.
+
+    >>> pad_centered(torch.tensor([[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]]), 4, 5)
+    tensor([[[5., 4., 5., 6., 5.],
+             [2., 1., 2., 3., 2.],
+             [5., 4., 5., 6., 5.],
+             [2., 1., 2., 3., 2.]]])
+    >>> pad_centered(torch.tensor([[[1.0, 2.0]]]), 1, 5)  # too small to reflect
+    tensor([[[1., 1., 2., 2., 2.]]])
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    top, left = (height - h) // 2, (width - w) // 2
+    pads = (left, width - w - left, top, height - h - top)
+    if min(pads) < 0:
+        raise ConfigError(f"cannot pad a {w}x{h} image to {width}x{height}")
+    reflect = max(pads[:2]) < w and max(pads[2:]) < h
+    batch = x.reshape(-1, 1, h, w)
+    out = F.pad(batch, pads, mode="reflect" if reflect else "replicate")
+    return out.reshape(*x.shape[:-2], height, width)

@@ -8,8 +8,9 @@ import torch
 
 from dip_lightning.errors import ConfigError
 
-InputType = Literal["uniform", "normal", "meshgrid", "fourier"]
-INPUT_TYPES: tuple[str, ...] = ("uniform", "normal", "meshgrid", "fourier")
+#: ``observation`` (the observed image as the input) is made by the task, not by :func:`make_input`
+InputType = Literal["uniform", "normal", "meshgrid", "fourier", "observation"]
+INPUT_TYPES: tuple[str, ...] = ("uniform", "normal", "meshgrid", "fourier", "observation")
 
 #: Std of the random frequencies of a ``fourier`` input, in cycles per image side.
 FOURIER_FREQUENCY_STD = 8.0
@@ -49,6 +50,8 @@ def make_input(
     if channels < 1:
         raise ConfigError(f"input depth must be >= 1, got {channels}")
     shape = (1, channels, height, width)
+    if kind == "observation":
+        raise ConfigError("an observation input is the task's image; the task module makes it")
     if kind == "uniform":
         return torch.rand(shape, generator=generator) * scale
     if kind == "normal":

@@ -19,7 +19,7 @@ from torch import nn
 from dip_lightning.callbacks.artifacts import RunArtifacts
 from dip_lightning.callbacks.images import ImageLogger
 from dip_lightning.data.datamodule import ImageSample, SingleImageDataModule
-from dip_lightning.data.padding import CropBox
+from dip_lightning.data.padding import CropBox, pad_centered
 from dip_lightning.degradations.base import Degradation
 from dip_lightning.losses import StructuralFeedback
 from dip_lightning.metrics.psnr import psnr
@@ -27,13 +27,14 @@ from dip_lightning.metrics.ssim import ssim
 from dip_lightning.networks.inputs import InputType, make_input
 from dip_lightning.networks.skip import SkipNet
 from dip_lightning.seeding import stream_generator
-from dip_lightning.tasks.building import FitBuilding, check_options
+from dip_lightning.tasks.building import FitBuilding, check_observation_input, check_options
 from dip_lightning.tasks.feedback import FeedbackTerm
 from dip_lightning.tasks.guard import DivergenceGuard, LastGoodState
 from dip_lightning.tasks.holdout import HeldOutPixels
 from dip_lightning.tasks.host_reads import HostReads
 from dip_lightning.tasks.perturbation import Perturbation
 from dip_lightning.tasks.scores import CheckpointScores
+from dip_lightning.tasks.sure import SureTerm
 
 #: A network class (or factory) called as ``net(in_channels, out_channels)``; in a config,
 #: ``class_path`` plus every ``init_args`` except the two channel counts.
@@ -43,7 +44,7 @@ NetFactory = Callable[[int, int], nn.Module]
 #: ``lr``; in a config, ``class_path`` plus every ``init_args`` except those two.
 OptimizerFactory = Callable[[Iterable[torch.Tensor], float], torch.optim.Optimizer]
 
-LossName = Literal["mse", "l1"]
+LossName = Literal["mse", "l1", "sure"]
 
 
 class FitLoop(LightningModule):
@@ -93,6 +94,7 @@ class DIPModule(
     HeldOutPixels,
     DivergenceGuard,
     FeedbackTerm,
+    SureTerm,
     HostReads,
     CheckpointScores,
     FitLoop,
@@ -102,36 +104,29 @@ class DIPModule(
     Args:
         net: the network, ``net(in_channels, out_channels)``; the paper's skip hourglass by
             default (5 levels of 128 channels, 4 skip channels).
-        input_type: ``uniform`` (the paper's, in [0, input_scale]), ``normal``, ``meshgrid`` or
-            ``fourier`` (random Fourier features of the coordinates, amplitude input_scale).
+        input_type: ``uniform`` (the paper's, in [0, input_scale]), ``normal``, ``meshgrid``,
+            ``fourier`` (random Fourier features of the coordinates, amplitude input_scale) or
+            ``observation`` (the observation itself; ``input_depth`` its channels).
         input_depth: channels of ``z`` (2 for ``meshgrid``).
         input_scale: scale of the uniform or normal input (0.1 in the paper).
         sigma_p: std of the fresh Gaussian perturbation added to ``z`` at every step.
         lr: learning rate (the optimizer's: it is called as ``optimizer(parameters, lr)``).
         optimizer: the optimizer class, with its options other than ``lr``; Adam by default.
-        loss: the data term, ``mse`` or ``l1``.
+        loss: the data term, ``mse``, ``l1`` or ``sure``: Stein's unbiased estimate of the
+            error against the clean image (:mod:`~dip_lightning.tasks.sure`), for Gaussian
+            denoising with ``input_type: observation``; it costs a second forward pass a step.
+        sure_sigma: the noise std (on 0-255) for ``sure``; ``null`` estimates it from the image.
+        sure_epsilon: the step of SURE's finite-difference divergence (image values in [0, 1]).
         ema_decay: weight of the exponential moving average of the outputs (0.99 in the paper's
             denoising); 0 turns it off. When on, the average is the restored image.
         guard_drop_db: roll a step back when the PSNR of ``A(x_hat)`` against the observation
-            drops by more than this many dB, or the loss is not finite: after such a step the
-            parameters are exactly those of the last step whose output passed (the state that
-            step started from), and the optimizer's element-wise state is that step's as a step
-            with a zero gradient leaves it (Adam's ``exp_avg`` times ``beta1``, ``exp_avg_sq``
-            times ``beta2``; other state tensors of a parameter's shape as they were; zeros, a
-            fresh Adam's, before the first step). The step count goes on: it counts the
-            steps taken, rolled back or not (in a batched fit Adam keeps one count for all the
-            networks, so this keeps each network's fit equal to its separate fit). The
-            output, its average and the stopping criteria ignore the step. All of it is done
-            with masks on the device, without a host sync. ``null`` turns the guard off.
-        max_recoveries: the divergence policy. When the guard rolls back this many steps in a
-            row, the learning rate is multiplied by ``lr_decay_on_divergence`` and the optimizer
-            restarts (its state cleared) from the last good parameters; when that has happened
-            ``max_lr_reductions`` times, the next such run stops the fit with a warning,
-            keeping the restored image, which only ever took in good steps. The run lengths
-            are counted on the device and read with the other values of a log step (every
-            ``trainer.log_every_n_steps`` steps), so the policy acts at the first log step
-            after such a run. ``null`` turns the policy off (the guard alone rolls back, as in
-            the paper).
+            drops by more than this many dB, or the loss is not finite: the parameters go back
+            to the last good ones and the optimizer state by the rule of
+            :mod:`~dip_lightning.tasks.guard`, on the device. ``null`` turns the guard off.
+        max_recoveries: the divergence policy (:mod:`~dip_lightning.tasks.guard`): after this
+            many roll-backs in a row the learning rate is lowered and the optimizer restarted,
+            and after ``max_lr_reductions`` such reductions the fit stops, keeping its image.
+            ``null`` turns the policy off (the guard alone rolls back, as in the paper).
         lr_decay_on_divergence: factor in (0, 1) applied to the learning rate by the policy.
         max_lr_reductions: learning-rate reductions before the policy stops the fit (0: stop
             at the first run of ``max_recoveries`` roll-backs).
@@ -158,12 +153,8 @@ class DIPModule(
             checkpoints hold the network's own parameters, so a fit resumes with or without it.
 
     Metrics against the clean reference (when one is known) are computed every
-    ``trainer.log_every_n_steps`` steps; the peak PSNR is tracked at every step on the device.
-    Nothing is read on the host between log steps: at a log step the module reads every value
-    that step logs or decides on (its metrics, the divergence counters, the stopping
-    criteria's state) in one transfer (:meth:`read_at_log_step`), logs them to the loggers,
-    ``trainer.callback_metrics`` and the progress bar (:meth:`log_host_values`), and acts on
-    them.
+    ``trainer.log_every_n_steps`` steps and the peak PSNR tracked at every step, on the device; a
+    log step reads all it logs or decides on in one transfer (``tasks/host_reads.py``).
     """
 
     #: Short task name written to ``metrics.json``.
@@ -207,6 +198,8 @@ class DIPModule(
         channels_last: bool = False,
         perturbation: Literal["fresh", "bank"] = "fresh",
         compile: bool = False,
+        sure_sigma: float | None = None,
+        sure_epsilon: float = 1e-3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "feedback"])
@@ -242,6 +235,7 @@ class DIPModule(
         self._offsets = stream_generator(self.seed, "offsets")
         self._offset_queue: list[int] = []  # offsets drawn and not used yet, the next last
         self.feedback = feedback
+        self._init_sure(sure_sigma, sure_epsilon)
 
         self.net: nn.Module | None = None
         self.degradation: Degradation | None = None
@@ -255,9 +249,7 @@ class DIPModule(
         self._host_reads: list[tuple[list[torch.Tensor], Callable[[list[float]], None]]] = []
         self._bad: torch.Tensor | None = None
         self._log_every = 50
-        #: every step counts as diverged (rolled back, kept out of the outputs): set on an image
-        #: of a batched fit that has stopped while the others go on
-        self.halted = False
+        self.halted = False  #: every step counts as diverged (a stopped image of a batched fit)
         self._log_to: tuple[LightningModule, str] | None = None
         self._parameters_count = 0
 
@@ -278,6 +270,10 @@ class DIPModule(
 
         Noise or a meshgrid (``input_type``) by default; a task may feed an image instead.
         """
+        if self.input_type == "observation":
+            assert self.sample is not None and self.crop_box is not None
+            check_observation_input(self.sample.observation, self.crop_box)
+            return pad_centered(self.sample.observation, height, width)[None].contiguous()
         return make_input(
             self.input_type,
             self.input_depth,
@@ -310,6 +306,7 @@ class DIPModule(
 
     def on_fit_start(self) -> None:
         self.start_perturbation()
+        self.start_sure()
         self._log_every = max(int(getattr(self._trainer, "log_every_n_steps", 50)), 1)
         if self.channels_last and self.net is not None:
             self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -344,6 +341,8 @@ class DIPModule(
         assert self.degradation is not None
         prediction = self.degradation(x)
         data = self.fitted_data_term(prediction)
+        if self.loss_name == "sure":
+            data = data + self.sure_correction(x)
         extra = self.regularization(x)
         loss = data if extra is None else data + extra
         term = self.feedback_term(x, prediction, step) if self.feedback is not None else None
@@ -435,12 +434,14 @@ class DIPModule(
         checkpoint["dip_state"] = {
             "last_good": guard["last_good"],
             **self.perturbation_state(),
+            **self.sure_state(),
             "divergence": guard["divergence"],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("dip_state", {})
         self.load_perturbation_state(state)
+        self.load_sure_state(state)
         self.load_guard_state(state)
 
     def on_train_start(self) -> None:

@@ -94,10 +94,30 @@ def check_options(
     for name, value, ok, fix in checks:
         if not ok or not math.isfinite(float(value)):
             raise ConfigError(f"model.{name} = {value} is out of range; {fix}")
-    if loss not in ("mse", "l1"):
-        raise ConfigError(f"model.loss {loss!r} is unknown; use mse or l1")
+    if loss not in ("mse", "l1", "sure"):
+        raise ConfigError(f"model.loss {loss!r} is unknown; use mse, l1 or sure")
+    if loss == "sure" and input_type != "observation":
+        raise ConfigError(
+            "model.loss sure needs the observation as the network's input (its divergence is "
+            "taken with respect to it); set model.input_type: observation"
+        )
+    sure_sigma, sure_epsilon = others.get("sure_sigma"), others.get("sure_epsilon", 1e-3)
+    if sure_sigma is not None and not 0 < sure_sigma <= 255:
+        raise ConfigError(f"model.sure_sigma = {sure_sigma} is out of range; use (0, 255] or null")
+    if not 0 < sure_epsilon <= 1:
+        raise ConfigError(f"model.sure_epsilon = {sure_epsilon} is out of range; use (0, 1]")
     if perturbation not in ("fresh", "bank"):
         raise ConfigError(f"model.perturbation {perturbation!r} is unknown; use fresh or bank")
+
+
+def check_observation_input(observation: torch.Tensor, box: CropBox) -> None:
+    """Refuse ``input_type: observation`` where the observation is not of the output's size."""
+    if tuple(observation.shape[-2:]) != (box.height, box.width):
+        raise ConfigError(
+            f"model.input_type observation needs an observation of the restored image's size "
+            f"({box.width}x{box.height}), got {observation.shape[-1]}x{observation.shape[-2]}; "
+            "use it for denoising, JPEG or inpainting, or another model.input_type"
+        )
 
 
 def network_size(net: nn.Module, height: int, width: int) -> tuple[int, int]:

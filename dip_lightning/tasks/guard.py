@@ -5,10 +5,19 @@ The guard checks every step's output: a step whose loss is not finite, or whose 
 good step, is rolled back. Its parameters and optimizer state go back to those of the last step
 whose output passed (:class:`LastGoodState`), with masks on the device and no host sync.
 
+After a rolled-back step the parameters are exactly those of the last step whose output passed
+(the state that step started from), and the optimizer's element-wise state is that step's as a
+step with a zero gradient leaves it (Adam's ``exp_avg`` times ``beta1``, ``exp_avg_sq`` times
+``beta2``; other state tensors of a parameter's shape as they were; zeros, a fresh Adam's, before
+the first step). The step count goes on: it counts the steps taken, rolled back or not (in a
+batched fit Adam keeps one count for all the networks, so this keeps each network's fit equal to
+its separate fit). The output, its average and the stopping criteria ignore the step.
+
 The policy acts on runs of roll-backs: after ``max_recoveries`` in a row the learning rate is
 lowered and the optimizer restarted; after ``max_lr_reductions`` such reductions the fit stops
 (:func:`policy_action`). The runs are counted on the device (:func:`count_failed_run`) and read
-with the other values of a log step.
+with the other values of a log step (every ``trainer.log_every_n_steps`` steps), so the policy
+acts at the first log step after such a run.
 
 :class:`DivergenceGuard` is the part of :class:`~dip_lightning.tasks.DIPModule` that does this.
 """

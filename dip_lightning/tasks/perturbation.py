@@ -40,6 +40,7 @@ class Perturbation(_Base):
     _bank: torch.Tensor | None
     _offsets: torch.Generator
     _offset_queue: list[int]
+    _step_input: torch.Tensor | None
 
     def start_perturbation(self) -> None:
         """At the start of a fit: the perturbation's generator (with its state of a checkpoint
@@ -73,7 +74,12 @@ class Perturbation(_Base):
         return values
 
     def perturbed_input(self) -> torch.Tensor:
-        """``z + sigma_p * eps`` with fresh ``eps`` from the module's generator."""
+        """``z + sigma_p * eps`` with fresh ``eps`` from the module's generator; kept as
+        ``_step_input`` (SURE's divergence perturbs it again)."""
+        self._step_input = self._perturbed()
+        return self._step_input
+
+    def _perturbed(self) -> torch.Tensor:
         z = self.z
         if self.sigma_p == 0 or self._generator is None:
             return z
