@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"relative error of the estimate, ours (scikit-image's MAD); {args.crop}x{args.crop}\n")
     print(f"| image | {columns} |\n|---|" + "---|" * len(args.sigmas))
     good = dict.fromkeys(args.sigmas, 0)
+    good_mad = dict.fromkeys(args.sigmas, 0)
     worst = dict.fromkeys(args.sigmas, 0.0)
     seconds = []
     for index, path in enumerate(files):
@@ -80,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             seconds.append(time.perf_counter() - start)
             mad = skimage_sigma(noisy)
             other = "" if mad is None else f" ({mad * 255 / sigma - 1:+.0%})"
+            good_mad[sigma] += mad is not None and abs(mad * 255 / sigma - 1) <= args.within
             cells.append(f"{ours:+.0%}{other}")
             good[sigma] += abs(ours) <= args.within
             worst[sigma] = max(worst[sigma], abs(ours))
         print(f"| {path.stem} | " + " | ".join(cells) + " |")
     print(
         f"\nwithin {args.within:.0%}: "
-        + ", ".join(f"sigma {s:g}: {good[s]} of {len(files)}" for s in args.sigmas)
+        + ", ".join(f"sigma {s:g}: {good[s]} of {len(files)} ({good_mad[s]})" for s in args.sigmas)
         + "; worst: "
         + ", ".join(f"{worst[s]:.0%}" for s in args.sigmas)
         + f"; median {np.median(seconds) * 1000:.0f} ms an estimate"
