@@ -1,7 +1,7 @@
 """The README's pictures, made again from the embedded sample image.
 
     pip install -e ".[plots]"        # matplotlib
-    python benchmarks/figures.py     # about 10 minutes on a 2-core CPU; writes benchmarks/figures/
+    python benchmarks/figures.py     # 10-20 minutes on a 2-core CPU; writes benchmarks/figures/
 
 Runs the CPU config of each task (``configs/denoise.yaml``, ``jpeg.yaml``, ``inpaint.yaml``,
 ``super_resolution.yaml``, ``flash.yaml``) on the sample and writes, into ``--out``:
