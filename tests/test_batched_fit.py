@@ -192,6 +192,20 @@ def test_images_of_different_sizes_are_refused(
     assert err.count("\n") == 0 and "one size" in err and "separate batches" in err
 
 
+def test_sure_is_refused_in_a_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(p) for p in images(tmp_path, 2)]
+    sure = [
+        "--model.init_args.loss=sure",
+        "--model.init_args.input_type=observation",
+        "--model.init_args.input_depth=3",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *TINY, *sure, f"--batch.images={json.dumps(paths)}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.loss sure" in err and "one at a time" in err
+
+
 def test_restore_batches_inputs_of_one_size(tmp_path: Path) -> None:
     paths = [*images(tmp_path, 3), write_png(tmp_path / "other.png", smooth_image(21, 25))]
     groups = batches([Job(p, tmp_path / "out" / p.name) for p in paths], 2)

@@ -289,6 +289,11 @@ class BatchedDIP(FitLoop):
         if self.grouped is not None:
             return
         members = self.dip_members()
+        if members[0].loss_name == "sure":
+            raise ConfigError(
+                "a batched fit cannot use model.loss sure (its divergence runs each network "
+                "again on its own); fit the images one at a time"
+            )
         for member, data, name in zip(members, self.datas, self.names, strict=True):
             member.attach(data)
             member._log_to = (self, name)
