@@ -51,7 +51,7 @@ from dip_lightning.errors import ConfigError
 from dip_lightning.io_utils import atomic_write_json
 from dip_lightning.networks.grouped import GroupedNetwork, group_networks, split_output
 from dip_lightning.tasks.base import DIPModule, FitLoop
-from dip_lightning.tasks.guard import LastGoodState
+from dip_lightning.tasks.guard import LastGoodState, keep_state_before_step, roll_back
 from dip_lightning.tasks.host_reads import log_host_values, read_on_host
 
 __all__ = ["BatchedDIP", "MemberTrainer", "batch_names"]
@@ -410,9 +410,7 @@ class BatchedDIP(FitLoop):
         return [p for p in self.grouped.parameters() if p.requires_grad]
 
     def keep_state_before_step(self, params: list[torch.Tensor], optimizer: Any) -> None:
-        if not self._last_good.ready:
-            self._last_good.save(params, optimizer)  # the state before the first step
-        self._before_step.save(params, optimizer)  # not yet known to be good
+        keep_state_before_step(self._last_good, self._before_step, params, optimizer)
 
     def roll_back_diverged(self, params: list[torch.Tensor], optimizer: Any, step: int) -> None:
         """The roll-back of the block of each parameter and of its optimizer state that
@@ -431,8 +429,7 @@ class BatchedDIP(FitLoop):
             with torch.no_grad():
                 # each image's block: its last good state advances where its step was good,
                 # and its parameters go back to it where the step diverged
-                self._last_good.advance(self._before_step, rows)
-                self._last_good.restore(params, optimizer, rows)
+                roll_back(self._last_good, self._before_step, params, optimizer, rows)
                 for member in members:
                     assert member._bad is not None
                     if guarded and not member.halted:

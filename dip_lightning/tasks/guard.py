@@ -194,9 +194,7 @@ class DivergenceGuard(_Base):
     def keep_state_before_step(self, params: Sequence[torch.Tensor], optimizer: Any) -> None:
         """Copy the state the step starts from (not yet known to be good); before the first
         step it is also the last good state."""
-        if not self._last_good.ready:
-            self._last_good.save(params, optimizer)
-        self._before_step.save(params, optimizer)
+        keep_state_before_step(self._last_good, self._before_step, params, optimizer)
 
     def roll_back_diverged(self, params: Sequence[torch.Tensor], optimizer: Any, step: int) -> None:
         """After the optimizer's step: a good output makes the state that produced it the last
@@ -206,8 +204,7 @@ class DivergenceGuard(_Base):
         if bad is None:
             return
         with torch.no_grad():
-            self._last_good.advance(self._before_step, lambda tensor: bad)
-            self._last_good.restore(params, optimizer, lambda tensor: bad)
+            roll_back(self._last_good, self._before_step, params, optimizer, lambda tensor: bad)
             self.record_guard(bad)
         if self.max_recoveries is not None and self.is_log_step(step):
             self.check_divergence(step, self.apply_divergence_policy)
@@ -335,6 +332,33 @@ class DivergenceGuard(_Base):
 
 #: Adam's moments and the index of the beta a step with a zero gradient multiplies them by
 _ZERO_GRADIENT_DECAY = {"exp_avg": 0, "exp_avg_sq": 1}
+
+
+def keep_state_before_step(
+    last_good: LastGoodState,
+    before_step: LastGoodState,
+    params: Sequence[torch.Tensor],
+    optimizer: Any,
+) -> None:
+    """Before the optimizer's step: copy the state the step starts from into ``before_step``
+    (not yet known to be good); before the first step it is also the last good state."""
+    if not last_good.ready:
+        last_good.save(params, optimizer)
+    before_step.save(params, optimizer)
+
+
+def roll_back(
+    last_good: LastGoodState,
+    before_step: LastGoodState,
+    params: Sequence[torch.Tensor],
+    optimizer: Any,
+    bad_of: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """After the optimizer's step: where ``bad_of(tensor)`` is false the state the step started
+    from becomes the last good one; where it is true the parameters and their optimizer state
+    go back to the last good state."""
+    last_good.advance(before_step, bad_of)
+    last_good.restore(params, optimizer, bad_of)
 
 
 class LastGoodState:
