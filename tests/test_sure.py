@@ -59,7 +59,7 @@ def test_sure_is_unbiased_for_the_true_error_of_a_linear_smoother(sigma: float) 
     x = clean_image()
     trace = torch.tensor(x.numel() * float(KERNEL[1, 1]), dtype=x.dtype)
     g = torch.Generator().manual_seed(1)
-    true, exact, probed = [], [], []
+    true, exact, probed, residual = [], [], [], []
     for _ in range(300):
         y = x + sigma * torch.randn(x.shape, generator=g, dtype=x.dtype)
         fy = smoother(y)
@@ -68,15 +68,20 @@ def test_sure_is_unbiased_for_the_true_error_of_a_linear_smoother(sigma: float) 
         probe = torch.randn(x.shape, generator=g, dtype=x.dtype)
         divergence = monte_carlo_divergence(smoother, y, probe, 1e-4, fy=fy)
         probed.append(float(sure(y, fy, sigma, divergence)))
+        residual.append(float((y - fy).square().mean()))
     mean_true = sum(true) / len(true)
     for estimate in (exact, probed):
         diffs = torch.tensor(estimate) - torch.tensor(true)
         standard_error = float(diffs.std()) / len(diffs) ** 0.5
         assert abs(float(diffs.mean())) < 4 * standard_error + 1e-12
         assert abs(sum(estimate) / len(estimate) - mean_true) < 0.1 * mean_true
-    # the plain residual is not: it under-states the error of a smoother that keeps noise
-    residual = [float((smoother(x) - x).square().mean())]
-    assert residual[0] < mean_true
+    # the plain residual is not: it is off by sigma^2 (1 - 2 k), k the smoother's centre tap,
+    # which is what SURE's correction takes away
+    diffs = torch.tensor(residual) - torch.tensor(true)
+    standard_error = float(diffs.std()) / len(diffs) ** 0.5
+    bias = sigma**2 * (1 - 2 * float(KERNEL[1, 1]))
+    assert abs(float(diffs.mean()) - bias) < 4 * standard_error
+    assert abs(bias) > 8 * standard_error
 
 
 def test_sure_counts_only_the_observed_values() -> None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 else:
     _Base = object
 
-__all__ = ["SureTerm", "monte_carlo_divergence", "sure"]
+__all__ = ["SureTerm", "monte_carlo_divergence", "sure", "sure_minus_mse"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ def monte_carlo_divergence(
     return (probe * (f(y + epsilon * probe) - base)).sum() / epsilon
 
 
+def sure_minus_mse(
+    sigma: float, divergence: torch.Tensor, count: torch.Tensor | float, n: int
+) -> torch.Tensor:
+    """What SURE adds to the mean squared error ``|y - f(y)|^2 / n`` over the ``n`` values of
+    ``y``: ``(2 sigma^2 div - count sigma^2) / n``, for ``count`` observed values."""
+    return (2 * sigma**2 * divergence - count * sigma**2) / n
+
+
 def sure(
     y: torch.Tensor,
     fy: torch.Tensor,
@@ -72,7 +80,7 @@ def sure(
     the same normalisation as a mean squared error over ``y``."""
     n = y.numel()
     observed = n if count is None else count
-    return ((y - fy).square().sum() - observed * sigma**2 + 2 * sigma**2 * divergence) / n
+    return (y - fy).square().sum() / n + sure_minus_mse(sigma, divergence, observed, n)
 
 
 class SureTerm(_Base):
@@ -89,6 +97,7 @@ class SureTerm(_Base):
     sure_sigma: float | None
     sure_epsilon: float
     _sure_sigma_used: float
+    _sure_count: float
     _divergence_generator: torch.Generator | None
     _divergence_state: torch.Tensor | None
     _step_input: torch.Tensor | None
@@ -97,6 +106,7 @@ class SureTerm(_Base):
         self.sure_sigma = None if sigma is None else float(sigma)
         self.sure_epsilon = float(epsilon)
         self._sure_sigma_used = 0.0
+        self._sure_count = 0.0
         self._divergence_generator = None
         self._divergence_state = None
         self._step_input = None
@@ -121,6 +131,11 @@ class SureTerm(_Base):
             )
         else:
             self._sure_sigma_used = self.sure_sigma / 255.0
+        keep = self.holdout_keep  # the values the data term sees: all but the held-out ones
+        channels = self.observation.shape[1]
+        self._sure_count = float(
+            self.observation.numel() if keep is None else keep.sum() * channels
+        )
         generator = stream_generator(self.seed, "divergence", self.z.device)
         if self._divergence_state is not None:
             generator.set_state(self._divergence_state)
@@ -142,10 +157,10 @@ class SureTerm(_Base):
         keep = self.holdout_keep
         if keep is not None:
             inner = inner * keep
-        count = self.observation.numel() if keep is None else keep.sum() * x.shape[1]
         divergence = (inner * (shifted - x)).sum() / self.sure_epsilon
-        sigma2 = self._sure_sigma_used**2
-        return (2 * sigma2 * divergence - count * sigma2) / self.observation.numel()
+        return sure_minus_mse(
+            self._sure_sigma_used, divergence, self._sure_count, self.observation.numel()
+        )
 
     def sure_state(self) -> dict[str, Any]:
         if self._divergence_generator is None:
