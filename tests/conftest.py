@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,6 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DIP_SHARED", REPO.parent / "shared"))
 SHARED_DATA = SHARED / "data"
 CONFIGS = REPO / "configs"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module named ``<name>_bench`` (registered in
+    ``sys.modules``, which its dataclasses need), with ``benchmarks/`` on the path while it
+    loads, for the scripts it imports."""
+    folder = REPO / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,7 +3,6 @@ rule on constructed differences, and one tiny run end to end on the shared CBM3D
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -13,22 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SHARED_DATA, load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "equivalence.py"
-CBM3D = Path(os.environ.get("DIP_SHARED", REPO.parent / "shared")) / "data" / "denoising-cbm3d"
+CBM3D = SHARED_DATA / "denoising-cbm3d"
 
 
-def load() -> object:
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports benchmarks/speed.py and stopping.py
-    spec = importlib.util.spec_from_file_location("equivalence_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load()
+bench = load_benchmark("equivalence")
 
 #: Two-sided 95% critical values t_{0.975, df} of Student's t: NIST/SEMATECH e-Handbook of
 #: Statistical Methods, section 1.3.6.7.2, "Critical values of the Student's t distribution"

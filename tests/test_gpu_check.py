@@ -3,31 +3,16 @@ and the host-sync counts (the parts that run without a GPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-
-
-def load_gpu_check() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports benchmarks/speed.py as "speed"
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gpu_check"] = module  # its dataclass looks its module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
 
 
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0() -> None:
@@ -63,7 +48,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def test_each_cuda_test_is_a_row_of_the_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gpu_check = load_gpu_check()
+    gpu_check = load_benchmark("gpu_check")
     report = tmp_path / "cuda.xml"
     report.write_text(JUNIT)
     rows = gpu_check.junit_rows(report)
@@ -86,7 +71,7 @@ def test_each_cuda_test_is_a_row_of_the_table(
 def test_host_syncs_are_counted_over_100_steps(
     monkeypatch: pytest.MonkeyPatch, short: int, long: int, status: str
 ) -> None:
-    gpu_check = load_gpu_check()
+    gpu_check = load_benchmark("gpu_check")
     counts = {10: short, 110: long}
     asked: list[int] = []
 

@@ -3,7 +3,6 @@ one tiny inpainting run end to end through ``dip restore`` and its peer, resumed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,21 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SHARED_DATA, load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "peers.py"
-SHARED = Path(os.environ.get("DIP_SHARED", REPO.parent / "shared")) / "data"
+SHARED = SHARED_DATA
 
 
-def load() -> object:
-    spec = importlib.util.spec_from_file_location("peers_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load()
+bench = load_benchmark("peers")
 
 
 def smooth(side: int = 36) -> np.ndarray:
