@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "json_safe",
+    "temporaries_of",
 ]
 
 _MAX_NAME_ATTEMPTS = 100
@@ -68,6 +70,29 @@ def _create_temp(path: Path) -> Path:
         os.close(fd)
         return tmp
     raise FileExistsError(f"could not create a temporary file next to {path}")  # pragma: no cover
+
+
+def temporaries_of(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files :func:`atomic_path` may have left next to ``path`` (a process killed
+    while it wrote ``path``), by their name ``.<stem>.<8 hex digits>.tmp<suffix>``; only the
+    caller knows that no live process is writing ``path`` and they may go.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in (".a.0123abcd.tmp.png", ".a.b.0123abcd.tmp.png", "a.png"):
+    ...     _ = (d / name).write_bytes(b"")
+    >>> [p.name for p in temporaries_of(d / "a.png")]
+    ['.a.0123abcd.tmp.png']
+    """
+    target = Path(path)
+    pattern = re.compile(
+        rf"\.{re.escape(target.stem)}\.[0-9a-f]{{8}}\.tmp{re.escape(target.suffix)}"
+    )
+    try:
+        names = sorted(os.listdir(target.parent))
+    except OSError:
+        return []
+    return [target.parent / name for name in names if pattern.fullmatch(name)]
 
 
 @contextlib.contextmanager

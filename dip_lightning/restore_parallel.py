@@ -73,7 +73,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dip_lightning.io_utils import atomic_write_json
+from dip_lightning.io_utils import atomic_write_json, temporaries_of
 
 __all__ = [
     "RECORD_KEYS",
@@ -354,6 +354,11 @@ class OutputFolder:
             _remove_stale_run(claim.stale)
         if claim is not None:
             claim.note()
+            # only the claim's holder writes the output and its record: a temporary file of
+            # either is a killed process's half-written one
+            for path in (*temporaries_of(output), *temporaries_of(self.record_path(output))):
+                with contextlib.suppress(OSError):
+                    path.unlink()
         return claim
 
     def record_path(self, output: Path) -> Path:
@@ -420,6 +425,9 @@ class OutputFolder:
         """Rebuild ``manifest.json`` from every record, under the lock, atomically."""
         path = self.folder / "manifest.json"
         with self._locked():
+            for stale in temporaries_of(path):  # a killed writer's, under the same lock
+                with contextlib.suppress(OSError):
+                    stale.unlink()
             entries = []
             for record in sorted((self.state / "records").glob("*.json")):
                 try:

@@ -358,12 +358,24 @@ def test_a_claim_is_exclusive_and_a_dead_holders_is_taken_over(tmp_path: Path, t
     finally:
         holder.kill()
         holder.wait()
+    # what the dead holder left half-written: its output and its record; another output's
+    # temporary file and the manifest's (written under the manifest's lock) are not the claim's
+    records = out / ".dip-restore" / "records"
+    records.mkdir(parents=True)
+    half = [out / ".b.0123abcd.tmp.png", records / ".b.png.89abcdef.tmp.json"]
+    other = out / ".b.x.01234567.tmp.png"
+    stale_manifest = out / ".manifest.deadbeef.tmp.json"
+    for path in (*half, other, stale_manifest):
+        path.write_bytes(b"half")
     taken = folder.claim(out / "b.png")
     assert taken is not None and taken.stale is not None and taken.stale["run"] == str(run_dir)
     assert not run_dir.exists()
+    assert [p.exists() for p in (*half, other, stale_manifest)] == [False, False, True, True]
     taken.release()
     folder.sweep()
     assert not (out / ".dip-restore" / "claims").exists()
+    folder.write_manifest()
+    assert not stale_manifest.exists() and (out / "manifest.json").is_file()
 
 
 def test_the_share_of_each_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
