@@ -115,7 +115,8 @@ def fit_state_bytes(
     (``z``, the observation, the clean image, the output average, the last output, masks), the
     perturbation of ``z`` drawn every step and its sum with ``z`` (or the noise bank, four times
     ``z``), and for every stopping criterion, per module, its best output and the images it
-    keeps (the window of a windowed variance, the mean and variance of an exponential one).
+    keeps (the window of a windowed variance and its two float64 sums, the mean and variance
+    of an exponential one).
     ``saved``: only what a checkpoint holds (not the perturbation or the bank)."""
     from dip_lightning.callbacks.stopping import (
         ExponentialVariance,
@@ -139,7 +140,7 @@ def fit_state_bytes(
         for criterion in criteria:
             images = 1  # the best output
             if isinstance(criterion, WindowedVariance):
-                images += criterion.window
+                images += criterion.window + 4  # and two float64 sums
             elif isinstance(criterion, ExponentialVariance):
                 images += 2
             total += images * image

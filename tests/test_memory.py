@@ -80,7 +80,7 @@ def test_the_state_beside_the_network_is_counted(tmp_path: Path) -> None:
     assert memory.fit_state_bytes([bank]) == buffers + 6 * z  # and the bank, 4 times z
     criteria = [WindowedVariance(window=7), ExponentialVariance()]
     with_criteria = memory.fit_state_bytes([fresh], criteria)
-    assert with_criteria == buffers + 2 * z + (1 + 7 + 1 + 2) * output
+    assert with_criteria == buffers + 2 * z + (1 + 7 + 4 + 1 + 2) * output  # sums in float64
     assert memory.fit_state_bytes(
         [fresh, bank], criteria
     ) == with_criteria + memory.fit_state_bytes([bank], criteria)

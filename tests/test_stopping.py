@@ -129,6 +129,33 @@ def test_windowed_variance_equals_the_variance_of_the_last_window() -> None:
     assert selection[2] == pytest.approx(expected[best], rel=1e-5)
 
 
+def test_windowed_variance_keeps_its_sums_exact_over_many_steps_and_a_resume() -> None:
+    """The running float64 sums stay the window's variance after thousands of frames (the
+    frames that left are subtracted exactly enough), and a checkpoint without the sums (an
+    older one) gives them back from the window."""
+    generator = torch.Generator().manual_seed(5)
+    outputs = [torch.rand(1, 3, 5, 6, generator=generator) * 0.01 + 0.5 for _ in range(3000)]
+    criterion = WindowedVariance(window=9, patience=10_000, min_steps=0)
+    module = FakeModule((1, 3, 5, 6))
+    trainer = fake_trainer(len(outputs))
+    criterion.on_fit_start(trainer, module)  # type: ignore[arg-type]
+    scores = []
+    for index, output in enumerate(outputs):
+        module.last_output = output
+        scores.append(criterion.score(module, index + 1))  # type: ignore[arg-type]
+    stack = torch.stack([o[0] for o in outputs[-9:]]).double()
+    exact = float(stack.var(dim=0, unbiased=False).mean())
+    assert float(scores[-1]) == pytest.approx(exact, rel=1e-6)
+    state = {k: v.clone() for k, v in criterion.extra_state().items() if k in ("outputs", "count")}
+    older = WindowedVariance(window=9, patience=10_000, min_steps=0)
+    older.prepare(module)  # type: ignore[arg-type]
+    older.load_extra_state(state)
+    module.last_output = outputs[0]
+    torch.testing.assert_close(
+        older.score(module, 3001), criterion.score(module, 3001), rtol=1e-6, atol=0
+    )
+
+
 def test_exponential_variance_follows_its_recursion_and_selects_the_quiet_end() -> None:
     quiet = range(201, 351)
     outputs = u_shaped_outputs(700, quiet, seed=1)

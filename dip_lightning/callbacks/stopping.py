@@ -282,7 +282,9 @@ class WindowedVariance(StoppingCriterion):
 
     Keeps the ``window`` outputs on the device (``window * C * H * W`` floats: 30 MB for a
     128x128 colour image and the default window, 300 MB at 512x512; use
-    :class:`ExponentialVariance` when that is too much).
+    :class:`ExponentialVariance` when that is too much), and the per-pixel sums of the window's
+    values and of their squares in float64, updated with the frame that enters and the one that
+    leaves: a step costs a few passes over one image, not one over the window.
 
     Args:
         window: number of outputs (100 in the paper).
@@ -301,33 +303,58 @@ class WindowedVariance(StoppingCriterion):
         self.window = int(window)
         self._outputs: torch.Tensor | None = None
         self._count: torch.Tensor | None = None  # frames stored, on the device
+        self._sum: torch.Tensor | None = None  # per pixel, over the window, float64
+        self._sum_sq: torch.Tensor | None = None
 
     def prepare(self, module: FitModule) -> None:
         output = module.last_output
         shape = (self.window, *output.shape[1:])
         self._outputs = torch.zeros(shape, dtype=output.dtype, device=output.device)
         self._count = torch.zeros((), dtype=torch.long, device=output.device)
+        self._sum = torch.zeros(shape[1:], dtype=torch.float64, device=output.device)
+        self._sum_sq = torch.zeros_like(self._sum)
 
     def score(self, module: FitModule, step: int) -> torch.Tensor | None:
         """The variance of the last ``window`` outputs of good steps: a rolled-back step
         stores no frame (its slot is written with what it held)."""
         assert self._outputs is not None and isinstance(self._count, torch.Tensor)
+        assert self._sum is not None and self._sum_sq is not None
         good = ~_rolled_back(module)
         slot = (self._count % self.window).view(1)
-        frame = torch.where(good, module.last_output, self._outputs.index_select(0, slot))
+        leaving = self._outputs.index_select(0, slot)
+        frame = torch.where(good, module.last_output, leaving)
         self._outputs.index_copy_(0, slot, frame)
         self._count.add_(good.long())
-        variance = self._outputs.var(dim=0, unbiased=False).mean()
-        return torch.where(self._count >= self.window, variance, math.nan)
+        new, old = frame[0].double(), leaving[0].double()
+        self._sum.add_(new - old)
+        self._sum_sq.add_(new.square() - old.square())
+        mean = self._sum / self.window
+        variance = (self._sum_sq / self.window - mean.square()).clamp_min_(0).mean()
+        return torch.where(self._count >= self.window, variance.to(frame.dtype), math.nan)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"outputs": self._outputs, "count": self._count}
+        return {
+            "outputs": self._outputs,
+            "count": self._count,
+            "sum": self._sum,
+            "sum_sq": self._sum_sq,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "outputs" in state and self._outputs is not None:
             assert isinstance(self._count, torch.Tensor)
+            assert self._sum is not None and self._sum_sq is not None
             self._outputs.copy_(state["outputs"])
             self._count.fill_(int(state["count"]))
+            if state.get("sum") is not None and state.get("sum_sq") is not None:
+                self._sum.copy_(state["sum"])
+                self._sum_sq.copy_(state["sum_sq"])
+            else:  # a checkpoint without the sums: take them from the window, frame by frame
+                self._sum.zero_()
+                self._sum_sq.zero_()
+                for frame in self._outputs:
+                    self._sum.add_(frame.double())
+                    self._sum_sq.add_(frame.double().square())
 
 
 class ExponentialVariance(StoppingCriterion):
