@@ -109,7 +109,7 @@ def run_setting(
         raise SystemExit(f"error: {' '.join(command)} exited with {done.returncode}")
     entries = json.loads((out / "manifest.json").read_text())["inputs"]
     by_name = {Path(entry["output"]).name: entry for entry in entries}
-    psnr, seconds = {}, {}
+    psnr, seconds, steps = {}, {}, {}
     for name in names:
         entry = by_name[name]
         if entry["status"] != "restored":
@@ -117,12 +117,14 @@ def run_setting(
         value = entry.get("psnr")
         psnr[name] = value if value is not None else file_psnr(out / name, folder / "clean" / name)
         seconds[name] = entry.get("seconds")
+        steps[name] = entry.get("steps")
     return {
         **setting,
         "wall_seconds": wall,
         "images_per_hour": len(names) / wall * 3600,
         "psnr": psnr,
         "seconds": seconds,
+        "steps": steps,
     }
 
 
@@ -185,14 +187,25 @@ def main(argv: list[str] | None = None) -> None:
             f"{np.mean([result['psnr'][n] for n in names]):.2f} | {max(diffs):.3f} |"
         )
     print()
+    # the steps each fit ran: a different stopping step is a different amount of work
     header = " | ".join(f"{r['label']} PSNR" for r in results)
     diffs_header = " | ".join(f"{r['label']} - {base['label']}" for r in results[1:])
-    print(f"| image | {header} | {diffs_header} |")
-    print("|---" * (1 + len(results) + len(results) - 1) + "|")
+    steps_header = " | ".join(f"{r['label']} steps" for r in results)
+    print(f"| image | {header} | {diffs_header} | {steps_header} |")
+    print("|---" * (1 + 3 * len(results) - 1) + "|")
     for name in names:
         values = " | ".join(f"{r['psnr'][name]:.3f}" for r in results)
         diffs = " | ".join(f"{r['psnr'][name] - base['psnr'][name]:+.3f}" for r in results[1:])
-        print(f"| {name} | {values} | {diffs} |")
+        steps = " | ".join(str(r["steps"].get(name, "-")) for r in results)
+        print(f"| {name} | {values} | {diffs} | {steps} |")
+    print()
+    print("| setting | steps in all | seconds per step, summed over images |")
+    print("|---|---|---|")
+    for result in results:
+        total = sum(int(result["steps"].get(n) or 0) for n in names)
+        busy = sum(float(result["seconds"].get(n) or 0) for n in names)
+        rate = f"{busy / total:.3f}" if total else "-"
+        print(f"| {result['label']} | {total} | {rate} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

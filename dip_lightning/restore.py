@@ -417,6 +417,8 @@ def fit_arguments(cfg: Namespace, job: Job, run_dir: Path) -> list[str]:
     ]
     if not cfg.quiet and cfg.get("fit_bar", True):  # before the criterion and its options
         args.append("--trainer.callbacks+=dip_lightning.callbacks.progress.StoppingProgressBar")
+    if cfg.get("thread_share"):  # a worker's fit takes the cores other workers leave idle
+        args.append("--trainer.callbacks+=dip_lightning.callbacks.threads.ThreadShare")
     args.append(f"--trainer.callbacks+={criterion}")
     patience = (
         cfg.patience if cfg.patience is not None else default_patience(cfg.task, cfg.criterion)
@@ -767,6 +769,8 @@ def _restore_all(cfg: Namespace) -> None:
             setups = [
                 {
                     "threads": threads,
+                    # the cores a finished worker leaves go to those still fitting
+                    "share_threads": cfg.threads is None and not gpus,
                     "gpu": (first_gpu + index) % gpus if gpus else None,
                     "rank": share.rank if share else None,
                 }

@@ -490,8 +490,11 @@ def worker_main(
     conn: Any,
     restore_jobs: Callable[..., list[Outcome]],
     output_context: Callable[[Any], contextlib.AbstractContextManager[Any]],
+    threads_value: Any = None,
 ) -> None:
-    """A worker process: set its threads, then restore each batch the parent sends
+    """A worker process: set its threads (and follow ``threads_value``, the count the parent
+    raises when cores fall idle, through :class:`~dip_lightning.callbacks.threads.ThreadShare`),
+    then restore each batch the parent sends
     (``None``: stop) with ``restore_jobs(cfg, batch, inputs, state)`` inside
     ``output_context(cfg)``, answering with ``("start", outputs)`` and then the
     :class:`Outcome` of each input. The two functions are the caller's (pickled by reference),
@@ -503,6 +506,10 @@ def worker_main(
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
 
+    if threads_value is not None:
+        from dip_lightning.callbacks.threads import share_threads
+
+        share_threads(threads_value)
     _library_warnings_off()
     state = OutputFolder(folder, setup.get("rank"), index) if folder is not None else None
     with output_context(cfg):
@@ -538,6 +545,8 @@ class _Worker:
     busy: list[Any] = field(default_factory=list)
     since: float = 0.0
     stopping: bool = False
+    #: the thread count shared with the worker's fits (``None``: its own count, fixed)
+    threads: Any = None
 
 
 def _failed(job: Any, why: str) -> Outcome:
@@ -571,6 +580,9 @@ def run_workers(
 
     def start(index: int) -> None:
         parent, child = context.Pipe()
+        shared = None
+        if setups[index].get("share_threads"):
+            shared = context.RawValue("i", int(setups[index]["threads"]))
         process = context.Process(
             target=worker_main,
             args=(
@@ -582,12 +594,13 @@ def run_workers(
                 child,
                 restore_jobs,
                 output_context,
+                shared,
             ),
             name=f"dip-restore-worker-{index}",
         )
         process.start()
         child.close()
-        workers[index] = _Worker(index, process, parent)
+        workers[index] = _Worker(index, process, parent, threads=shared)
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -609,6 +622,7 @@ def run_workers(
                     else:
                         worker.stopping = True
                         worker.conn.send(None)
+            share_idle_cores(workers.values(), setups, bool(pending))
             if status is not None:
                 status(_describe(workers.values()))
             sources = [w.conn for w in workers.values()] + [
@@ -651,11 +665,30 @@ def run_workers(
                 worker.conn.close()
 
 
+def share_idle_cores(workers: Any, setups: list[dict[str, Any]], pending: bool) -> None:
+    """Once no input is left to hand out (``pending`` false), the threads of all the workers
+    (their ``setups``) go to those still fitting, split evenly; until then each worker keeps
+    its own count. Only workers that share their count (``threads`` set) take part."""
+    sharing = [w for w in workers if w.threads is not None]
+    if not sharing:
+        return
+    busy = [w for w in sharing if w.busy and not w.stopping and w.process.is_alive()]
+    total = sum(int(setups[w.index]["threads"]) for w in sharing)
+    for worker in sharing:
+        wanted = int(setups[worker.index]["threads"])
+        if not pending and worker in busy:
+            rank = busy.index(worker)
+            wanted = total // len(busy) + (1 if rank < total % len(busy) else 0)
+        if worker.threads.value != wanted:
+            worker.threads.value = wanted
+
+
 def _worker_cfg(cfg: Any, setup: dict[str, Any]) -> Any:
     """``cfg`` for a worker: its GPU, and no fit bar (the parent shows the progress)."""
     copy = cfg.clone()
     copy.fit_bar = False
     copy.gpu = setup.get("gpu")
+    copy.thread_share = bool(setup.get("share_threads"))
     return copy
 
 

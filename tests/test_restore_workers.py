@@ -201,6 +201,27 @@ def test_a_bad_input_among_many_with_workers(tmp_path: Path, temp: Path) -> None
     assert leftovers(out, temp) == []
 
 
+def test_workers_change_nothing_but_the_thread_count(tmp_path: Path, temp: Path) -> None:
+    """With the same threads per fit (``--threads 1``), two workers write the same bytes as
+    one: the worker processes, claims and hand-outs do not touch a fit's arithmetic."""
+    sources = noisy_folder(tmp_path / "in", 3)
+    written = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        command = dip_command(
+            str(tmp_path / "in"), "-o", str(out), "--workers", workers, "--threads", "1",
+            "--max-steps", "12", "--quiet",
+        )  # fmt: skip
+        done = subprocess.run(
+            command, env=environment(temp), capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        written[workers] = {p.name: (out / p.name).read_bytes() for p in sources}
+        if workers == "2":  # each worker was handed an input at the start
+            assert {e.get("worker") for e in manifest(out).values()} == {0, 1}
+    assert written["1"] == written["2"]
+
+
 # ------------------------------------------------------------------ in one process
 
 

@@ -1,5 +1,5 @@
 """Callbacks of a fit: run artifacts (restored image, metrics), TensorBoard images and FBC,
-early stopping without ground truth."""
+early stopping without ground truth, a worker fit's shared thread count."""
 
 from dip_lightning.callbacks.artifacts import RunArtifacts, run_directory
 from dip_lightning.callbacks.checkpoint import LastCheckpoint
@@ -12,6 +12,7 @@ from dip_lightning.callbacks.stopping import (
     StoppingCriterion,
     WindowedVariance,
 )
+from dip_lightning.callbacks.threads import ThreadShare
 
 __all__ = [
     "ExponentialVariance",
@@ -22,6 +23,7 @@ __all__ = [
     "PeakPSNR",
     "RunArtifacts",
     "StoppingCriterion",
+    "ThreadShare",
     "WindowedVariance",
     "run_directory",
 ]
