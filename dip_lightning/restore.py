@@ -204,6 +204,13 @@ def restore_parser() -> ArgumentParser:
     )
     option("seed", type=int, default=0, help="Seed of the network, its input and the hold-out.")
     option(
+        "ensemble",
+        type=int,
+        default=1,
+        help="Fit each input K times, with seeds --seed, --seed + 1, ..., one after another, "
+        "and write the mean of the K selected images (K times the time).",
+    )
+    option(
         "clean",
         type=str | None,
         default=None,
@@ -505,6 +512,8 @@ def restore_batch(
         check_output(job, inputs, cfg.overwrite if replace is None else replace)
         if not job.input.exists():
             raise ConfigError(not_found("image", job.input))
+    if int(cfg.get("ensemble", 1)) > 1:
+        return [restore_ensemble(cfg, jobs, inputs, run_dir=run_dir)]
     scratch = cfg.logdir is None
     if not scratch:
         run_dir = Path(cfg.logdir)
@@ -531,10 +540,11 @@ def restore_batch(
                     job.output.parent.mkdir(parents=True, exist_ok=True)
                     _copy_atomically(partial, job.output)
                     log.warning("interrupted: wrote the best output so far to %s", job.output)
-            log.warning(
-                "continue with the same command and --resume %s",
-                directory / "checkpoints" / "last.ckpt",
-            )
+            if not cfg.get("in_ensemble"):  # an ensemble starts again (no --resume)
+                log.warning(
+                    "continue with the same command and --resume %s",
+                    directory / "checkpoints" / "last.ckpt",
+                )
             raise
         results = []
         for job, folder in zip(jobs, folders, strict=True):
@@ -560,6 +570,102 @@ def restore_batch(
     finally:
         if scratch and not keep:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def check_ensemble(cfg: Namespace) -> None:
+    """Refuse an ``--ensemble`` out of range, or with ``--batch-size`` or ``--resume``."""
+    if cfg.ensemble < 1:
+        raise ConfigError(f"--ensemble {cfg.ensemble} is out of range; use >= 1")
+    if cfg.ensemble > 1 and (cfg.get("batch_size", 1) > 1 or cfg.resume):
+        option = "--batch-size" if cfg.get("batch_size", 1) > 1 else "--resume"
+        raise ConfigError(
+            f"--ensemble fits one input at a time, from the start; leave out {option}"
+        )
+
+
+def restore_ensemble(
+    cfg: Namespace, jobs: list[Job], inputs: list[Path], *, run_dir: Path | None = None
+) -> dict[str, Any]:
+    """``--ensemble K``: fit the one input of ``jobs`` ``K`` times, one after another, as
+    ``dip restore --seed s`` does for ``s`` in ``seed, ..., seed + K - 1``, and write the mean of
+    the ``K`` images written (so the mean of ``K`` separate runs' outputs, rounded to the output's
+    bit depth); its metrics (``steps``: all the members' steps, ``psnr``/``ssim`` of the mean
+    with a clean reference, ``members``: each fit's own). Ctrl-C or SIGTERM writes the mean of
+    the members so far (the interrupted one's best image so far included) and is raised."""
+    import torch
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from dip_lightning.data.io import load_image, save_image
+    from dip_lightning.metrics.psnr import psnr
+    from dip_lightning.metrics.ssim import ssim
+
+    (job,) = jobs
+    count = int(cfg.ensemble)
+    # the members' outputs and (without --logdir) their runs; no resume: removed in any case
+    scratch = run_dir if run_dir is not None else Path(tempfile.mkdtemp(prefix="dip-restore-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    images: list[torch.Tensor] = []
+    members: list[dict[str, Any]] = []
+
+    def write_mean() -> torch.Tensor:
+        source = load_image(job.input)
+        mean = torch.stack(images).mean(dim=0)
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        save_image(mean, job.output, like=source.info, alpha=source.alpha)
+        return load_image(job.output).tensor  # as written
+
+    try:
+        for index in range(count):
+            seed = int(cfg.seed) + index
+            member = cfg.clone()
+            member.ensemble, member.seed, member.in_ensemble = 1, seed, True
+            if cfg.logdir is not None:
+                member.logdir = str(Path(cfg.logdir) / f"seed{seed}")
+            target = scratch / f"seed{seed}{job.output.suffix}"
+            member_job = Job(job.input, target, job.clean)
+            try:
+                (metrics,) = restore_batch(
+                    member, [member_job], inputs, run_dir=scratch / f"run{seed}", replace=True
+                )
+            except (KeyboardInterrupt, SIGTERMException):
+                if target.is_file():  # the interrupted member's best image so far
+                    images.append(load_image(target).tensor)
+                if images:
+                    write_mean()
+                    log.warning(
+                        "interrupted: wrote the mean of %d fits so far to %s",
+                        len(images),
+                        job.output,
+                    )
+                raise
+            images.append(load_image(target).tensor)
+            members.append({"seed": seed, **metrics})
+        written = write_mean()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    result: dict[str, Any] = {
+        "input": str(job.input),
+        "output": str(job.output),
+        "ensemble": count,
+        "steps": sum(int(m.get("steps", 0)) for m in members),
+        "members": [
+            {k: m[k] for k in ("seed", "selected_step", "steps", "psnr", "ssim") if k in m}
+            for m in members
+        ],
+    }
+    clean_path = job.clean if job.clean is not None else cfg.clean
+    if clean_path:
+        clean = load_image(clean_path, what="clean image", grayscale=written.shape[0] == 1)
+        result["psnr"] = float(psnr(written[None], clean.tensor[None]))
+        result["ssim"] = float(ssim(written[None], clean.tensor[None]))
+    log.info(
+        "%s -> %s (mean of %d fits%s)",
+        job.input,
+        job.output,
+        count,
+        f", psnr {result['psnr']:.2f} dB" if "psnr" in result else "",
+    )
+    return result
 
 
 def cut_short(metrics: dict[str, Any], max_steps: int | None) -> str | None:
@@ -733,6 +839,7 @@ def _restore_all(cfg: Namespace) -> None:
         raise ConfigError(f"--batch-size {cfg.batch_size} is out of range; use >= 1")
     if cfg.resume and cfg.batch_size > 1:
         raise ConfigError("--resume continues one fit; leave out --batch-size")
+    check_ensemble(cfg)
     if cfg.batch_size > 1 and any(job.clean is not None for job in jobs):
         raise ConfigError(
             "--clean with a folder scores each input in its own fit; leave out --batch-size"
@@ -1054,6 +1161,7 @@ def restore_image(
     patience: int | None = None,
     max_steps: int | None = None,
     seed: int = 0,
+    ensemble: int = 1,
     device: str = "auto",
     precision: str | None = None,
     clean: str | os.PathLike[str] | None = None,
@@ -1087,6 +1195,7 @@ def restore_image(
         "patience": patience,
         "max_steps": max_steps,
         "seed": seed,
+        "ensemble": ensemble,
         "device": device,
         "precision": precision,
         "clean": clean,
@@ -1107,6 +1216,7 @@ def restore_image(
         flags = {"overwrite": overwrite, "quiet": not progress, "verbose": verbose}
         argv += [f"--{key}" if on else f"--no_{key}" for key, on in flags.items()]
         cfg = parse(argv)
+        check_ensemble(cfg)
         jobs = plan(cfg.inputs, cfg.output)
         with quiet_output(verbose=cfg.verbose, quiet=False):
             (metrics,) = restore_batch(cfg, jobs, [job.input for job in jobs])

@@ -127,6 +127,32 @@ def test_restore_with_a_flash_guide(tmp_path: Path) -> None:
     assert file_psnr(out, clean) > file_psnr(source, clean) + 3
 
 
+def test_an_ensemble_is_the_mean_of_separately_seeded_runs(tmp_path: Path) -> None:
+    """``--ensemble 2 --seed 3`` writes the mean of what ``--seed 3`` and ``--seed 4`` write
+    (rounded to 8 bits), and reports each member and the PSNR of the mean."""
+    source = noisy(tmp_path / "in.png")
+    clean = write_png(tmp_path / "clean.png", smooth_image(23, 29, 3))
+    members = []
+    for seed in ("3", "4"):
+        out = tmp_path / f"seed{seed}.png"
+        assert run([str(source), "-o", str(out), "--seed", seed, *FAST]) == 0
+        members.append(np.asarray(Image.open(out), dtype=np.float64))
+    assert not np.array_equal(members[0], members[1])  # the seeds differ
+    out, metrics = tmp_path / "mean.png", tmp_path / "m.json"
+    ensemble = ["--ensemble", "2", "--seed", "3", "--clean", str(clean), "--metrics", str(metrics)]
+    assert run([str(source), "-o", str(out), *ensemble, *FAST]) == 0
+    written = np.asarray(Image.open(out), dtype=np.float64)
+    total = members[0] + members[1]
+    assert np.abs(written - total / 2).max() <= 0.5  # the mean, rounded
+    even = total % 2 == 0
+    assert np.array_equal(written[even], total[even] / 2)
+    values = json.loads(metrics.read_text())
+    assert values["ensemble"] == 2 and [m["seed"] for m in values["members"]] == [3, 4]
+    assert values["steps"] == sum(m["steps"] for m in values["members"])
+    assert values["psnr"] == pytest.approx(file_psnr(out, clean), abs=0.01)
+    assert not list(tmp_path.glob("**/dip-restore-*"))
+
+
 def test_several_inputs_and_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -179,6 +205,11 @@ def test_outputs_are_named_after_inputs(tmp_path: Path) -> None:
         (["{in}", "-o", "{dir}/o.png", "--task", "blur"], "task"),
         (["{in}", "-o", "{dir}/o.png", "--max-steps", "0"], "max-steps"),
         (["{in}", "-o", "{dir}/o.png", "--patience", "-3"], "patience"),
+        (["{in}", "-o", "{dir}/o.png", "--ensemble", "0"], "--ensemble 0 is out of range"),
+        (
+            ["{in}", "-o", "{dir}/o.png", "--ensemble", "2", "--resume", "{existing}"],
+            "--ensemble fits one input at a time, from the start; leave out --resume",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(
