@@ -13,6 +13,10 @@ On centre crops of a split of the shared images, for each task:
   bicubic upsampling (Pillow's, the paper's baseline); PSNR on the luma with a border of 4
   cropped, as super-resolution papers score it.
 
+``--methods dip-ensemble2`` (or ``dip-ensemble4``) adds ``dip restore --ensemble K``: the default
+preset fitted with K seeds one after another and the mean of their images (its first fit is
+``dip-default``'s, so the two columns pair up).
+
 PSNR, SSIM and the seconds each method took for each image, in one process, one method after
 the other (``--threads`` torch threads; 1 by default). The peers are an optional extra
 (``pip install -e ".[peers]"``: ``bm3d`` and ``scikit-image``); a peer that is not installed is
@@ -117,7 +121,12 @@ def score(task: str, restored: torch.Tensor, clean: torch.Tensor) -> dict[str, f
 
 
 def run_dip(
-    task: str, paths: dict, preset: str, out: Path, max_steps: int | None = None
+    task: str,
+    paths: dict,
+    preset: str,
+    out: Path,
+    max_steps: int | None = None,
+    ensemble: int = 1,
 ) -> torch.Tensor:
     from dip_lightning.restore import restore_image
 
@@ -129,6 +138,7 @@ def run_dip(
         scale=4 if task == "super-resolution" else None,
         preset=preset,
         max_steps=max_steps,
+        ensemble=ensemble,
         progress=False,
     )
     return torch.as_tensor(result.image).float()
@@ -155,6 +165,9 @@ def run_method(
 ) -> torch.Tensor:
     if method == "peer":
         return run_peer(task, paths, sigma)
+    if method.startswith("dip-ensemble"):  # dip restore --ensemble K, the default preset
+        count = int(method.removeprefix("dip-ensemble"))
+        return run_dip(task, paths, "fast", folder / f"{method}.png", max_steps, count)
     preset = "fast" if method == "dip-default" else "paper"
     return run_dip(task, paths, preset, folder / f"{method}.png", max_steps)
 
@@ -226,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         nargs="+",
         default=["dip-default", "dip-paper", "peer"],
-        choices=["dip-default", "dip-paper", "peer"],
+        choices=["dip-default", "dip-paper", "dip-ensemble2", "dip-ensemble4", "peer"],
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="bound every fit (a smoke run)")
