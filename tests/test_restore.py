@@ -151,6 +151,12 @@ def test_an_ensemble_is_the_mean_of_separately_seeded_runs(tmp_path: Path) -> No
     assert values["steps"] == sum(m["steps"] for m in values["members"])
     assert values["psnr"] == pytest.approx(file_psnr(out, clean), abs=0.01)
     assert not list(tmp_path.glob("**/dip-restore-*"))
+    # the Python API takes the same option
+    from dip_lightning.restore import restore_image
+
+    api = tmp_path / "api.png"
+    restore_image(source, api, ensemble=2, seed=3, max_steps=12, patience=4, progress=False)
+    assert api.read_bytes() == out.read_bytes()
 
 
 def test_several_inputs_and_a_bad_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
