@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, smooth_image, write_png
+from conftest import CONFIGS, load_benchmark, smooth_image, write_png
 from PIL import Image
 from test_cli import SMALL_NET
-from test_gpu_check import load_gpu_check
 
 from dip_lightning.cli import DIPCLI, main
 from dip_lightning.tasks.batched import BatchedDIP, batch_names
@@ -203,7 +202,9 @@ def test_a_fit_on_the_gpu_syncs_with_the_host_only_at_log_steps(
         ]
 
     # the same fit 100 steps longer: the difference is what the steps themselves sync
-    count_host_syncs = load_gpu_check().count_host_syncs  # as benchmarks/gpu_check.py counts
+    count_host_syncs = load_benchmark(
+        "gpu_check"
+    ).count_host_syncs  # as benchmarks/gpu_check.py counts
     short = count_host_syncs(default_fit(tmp_path / "short", 10))
     long = count_host_syncs(default_fit(tmp_path / "long", 110))
     assert short > 0  # the count sees the syncs of setting up and writing the run
