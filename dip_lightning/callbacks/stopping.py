@@ -326,8 +326,8 @@ class WindowedVariance(StoppingCriterion):
         self._outputs.index_copy_(0, slot, frame)
         self._count.add_(good.long())
         new, old = frame[0].double(), leaving[0].double()
-        self._sum.add_(new - old)
-        self._sum_sq.add_(new.square() - old.square())
+        self._sum.add_(new).sub_(old)
+        self._sum_sq.addcmul_(new, new).addcmul_(old, old, value=-1)
         mean = self._sum / self.window
         variance = (self._sum_sq / self.window - mean.square()).clamp_min_(0).mean()
         return torch.where(self._count >= self.window, variance.to(frame.dtype), math.nan)
@@ -352,9 +352,10 @@ class WindowedVariance(StoppingCriterion):
             else:  # a checkpoint without the sums: take them from the window, frame by frame
                 self._sum.zero_()
                 self._sum_sq.zero_()
-                for frame in self._outputs:
-                    self._sum.add_(frame.double())
-                    self._sum_sq.add_(frame.double().square())
+                for stored in self._outputs:  # one frame in float64 at a time
+                    frame = stored.double()
+                    self._sum.add_(frame)
+                    self._sum_sq.addcmul_(frame, frame)
 
 
 class ExponentialVariance(StoppingCriterion):
