@@ -606,9 +606,9 @@ def restore_ensemble(
     scratch.mkdir(parents=True, exist_ok=True)
     images: list[torch.Tensor] = []
     members: list[dict[str, Any]] = []
+    source = load_image(job.input)  # the mode, bit depth and alpha the output keeps
 
     def write_mean() -> torch.Tensor:
-        source = load_image(job.input)
         mean = torch.stack(images).mean(dim=0)
         job.output.parent.mkdir(parents=True, exist_ok=True)
         save_image(mean, job.output, like=source.info, alpha=source.alpha)
