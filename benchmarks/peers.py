@@ -165,11 +165,10 @@ def run_method(
 ) -> torch.Tensor:
     if method == "peer":
         return run_peer(task, paths, sigma)
-    if method.startswith("dip-ensemble"):  # dip restore --ensemble K, the default preset
-        count = int(method.removeprefix("dip-ensemble"))
-        return run_dip(task, paths, "fast", folder / f"{method}.png", max_steps, count)
-    preset = "fast" if method == "dip-default" else "paper"
-    return run_dip(task, paths, preset, folder / f"{method}.png", max_steps)
+    preset = "paper" if method == "dip-paper" else "fast"
+    # dip-ensembleK: dip restore --ensemble K with the default preset
+    count = int(method.removeprefix("dip-ensemble")) if "ensemble" in method else 1
+    return run_dip(task, paths, preset, folder / f"{method}.png", max_steps, count)
 
 
 def peer_missing(task: str) -> str | None:
