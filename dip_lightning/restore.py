@@ -737,6 +737,29 @@ def batches(jobs: list[Job], size: int) -> list[list[Job]]:
     return order
 
 
+def largest_first(groups: list[list[Job]]) -> list[list[Job]]:
+    """``groups`` ordered by their pixels, most first (input order among equals; an input that
+    cannot be read counts as none): the order a pool of workers takes them in. The fit's time
+    grows with the image, so starting the largest fits first leaves the shortest ones for the
+    end of the folder, where a worker that runs out of inputs waits for the others."""
+    from PIL import Image
+
+    def pixels(group: list[Job]) -> int:
+        total = 0
+        for job in group:
+            try:
+                with Image.open(job.input) as image:
+                    width, height = image.size
+            except (OSError, ValueError):
+                continue
+            total += width * height
+        return total
+
+    sizes = [pixels(group) for group in groups]
+    order = sorted(range(len(groups)), key=lambda index: -sizes[index])
+    return [groups[index] for index in order]
+
+
 def _copy_atomically(source: Path, target: Path) -> None:
     """Write ``source``'s image to ``target`` in ``target``'s format, atomically."""
     from dip_lightning.data.io import load_image, save_image
@@ -885,7 +908,7 @@ def _restore_all(cfg: Namespace) -> None:
             ]
             parallel.run_workers(
                 cfg,
-                batches(todo, cfg.batch_size),
+                largest_first(batches(todo, cfg.batch_size)),
                 inputs,
                 folder,
                 setups,

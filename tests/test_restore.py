@@ -424,6 +424,34 @@ def test_inputs_are_batched_by_their_size_after_exif_rotation(tmp_path: Path) ->
     assert sizes == {"a": (17, 13), "b": (17, 13), "c": (13, 17)}
 
 
+def test_a_pool_of_workers_takes_the_largest_inputs_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--workers``, the inputs go out largest first (input order among equals, an
+    unreadable one last), so the shortest fits are left for the end of the folder; one
+    worker keeps the input order."""
+    from dip_lightning import restore_parallel
+    from dip_lightning.restore import largest_first
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name, (height, width) in {"a": (9, 7), "b": (15, 11), "c": (9, 7), "d": (11, 13)}.items():
+        write_png(folder / f"{name}.png", smooth_image(height, width))
+    (folder / "e.png").write_bytes(b"not an image")
+    jobs = plan([str(folder)], str(tmp_path / "out"))
+    ordered = [[job.input.name for job in group] for group in largest_first([[j] for j in jobs])]
+    assert ordered == [["b.png"], ["d.png"], ["a.png"], ["c.png"], ["e.png"]]
+
+    handed_out: list[list[str]] = []
+
+    def record(cfg, batches, *args, **kwargs):  # type: ignore[no-untyped-def]
+        handed_out.extend([job.input.name for job in batch] for batch in batches)
+
+    monkeypatch.setattr(restore_parallel, "run_workers", record)
+    run([str(folder), "-o", str(tmp_path / "out"), "--workers", "2", *FAST])
+    assert handed_out == ordered
+
+
 # ------------------------------------------------------------------ what a user reads
 
 
