@@ -936,6 +936,14 @@ def _to_folder(cfg: Namespace, jobs: list[Job]) -> bool:
     )
 
 
+def _torch_threads() -> int:
+    """The CPU threads this process computes with now (a fit's count when it ended: more than
+    ``--threads`` where idle cores were handed to it)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _gpu_count(device: str) -> int:
     """The GPUs the fits may use: those of ``--device cuda`` (or auto, when there are)."""
     if device == "cpu":
@@ -1141,8 +1149,11 @@ def restore_jobs(
                     fail(job, str(error), str(error))
             else:
                 seconds = round(time.perf_counter() - start, 3)
+                threads = None if _gpu_count(cfg.device) else _torch_threads()
                 for job, metrics in zip(todo, results, strict=True):
                     metrics.setdefault("seconds", seconds)
+                    if threads is not None:
+                        metrics.setdefault("threads", threads)
                     outcomes[str(job.output)] = Outcome(
                         str(job.input), str(job.output), "restored", metrics=metrics
                     )

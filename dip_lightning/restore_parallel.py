@@ -33,7 +33,8 @@ updates. Its format::
     {
       "inputs": [
         {"input": "photos/a.png", "output": "restored/a.png", "status": "restored",
-         "selected_step": 412, "steps": 612, "seconds": 83.2, "psnr": 30.1, "ssim": 0.87,
+         "selected_step": 412, "steps": 612, "seconds": 83.2, "threads": 2, "psnr": 30.1,
+         "ssim": 0.87,
          "restored_at": "2025-01-01T12:00:00+00:00", "host": "node1", "pid": 4242,
          "rank": 0, "worker": 1, "sha256": "..."},
         ...
@@ -45,7 +46,9 @@ one entry per output of the folder, sorted by output; ``status`` is ``restored``
 restored it), ``skipped`` (its output was already complete: the entry keeps the details of the
 run that restored it, when a record has them), ``failed: <reason>`` or ``interrupted`` (Ctrl-C
 or SIGTERM wrote the best image so far; the next run redoes it). ``psnr``/``ssim`` only with
-``--clean``; ``batch`` (the size of a batched fit) only with ``--batch-size``.
+``--clean``; ``batch`` (the size of a batched fit) only with ``--batch-size``; ``threads``
+(the CPU threads the fit ended with, more than ``--threads`` where the cores of finished
+workers were handed to it) only for a fit on the CPU.
 
 An existing output is *complete* when it reads as an image of the size the input restores to
 and no record marks it ``interrupted``: outputs are written atomically, so a present file is
@@ -97,6 +100,7 @@ RECORD_KEYS = (
     "selected_step",
     "steps",
     "seconds",
+    "threads",
     "psnr",
     "ssim",
     "batch",
@@ -385,7 +389,7 @@ class OutputFolder:
                 values.update(old)
         else:
             metrics = outcome.metrics
-            for key in ("selected_step", "steps", "seconds", "psnr", "ssim", "batch"):
+            for key in ("selected_step", "steps", "seconds", "threads", "psnr", "ssim", "batch"):
                 if metrics.get(key) is not None:
                     values[key] = metrics[key]
             if outcome.status in ("restored", "interrupted"):
@@ -666,14 +670,15 @@ def run_workers(
 
 
 def share_idle_cores(workers: Any, setups: list[dict[str, Any]], pending: bool) -> None:
-    """Once no input is left to hand out (``pending`` false), the threads of all the workers
-    (their ``setups``) go to those still fitting, split evenly; until then each worker keeps
-    its own count. Only workers that share their count (``threads`` set) take part."""
+    """Once no input is left to hand out (``pending`` false), the threads of the whole pool
+    (every entry of ``setups``, including the workers that have exited) go to the workers still
+    fitting, split evenly; until then each worker keeps its own count. Only workers that share
+    their count (``threads`` set) take part."""
     sharing = [w for w in workers if w.threads is not None]
     if not sharing:
         return
     busy = [w for w in sharing if w.busy and not w.stopping and w.process.is_alive()]
-    total = sum(int(setups[w.index]["threads"]) for w in sharing)
+    total = sum(int(setup["threads"]) for setup in setups)
     for worker in sharing:
         wanted = int(setups[worker.index]["threads"])
         if not pending and worker in busy:

@@ -222,6 +222,31 @@ def test_workers_change_nothing_but_the_thread_count(tmp_path: Path, temp: Path)
     assert written["1"] == written["2"]
 
 
+def test_the_fit_still_running_takes_the_cores_of_a_worker_that_ran_out_of_inputs(
+    tmp_path: Path, temp: Path
+) -> None:
+    """Two workers, one good input and one that fails at once: once the failing one's worker
+    has nothing left to do and has exited, the fit still running computes with the whole
+    pool's threads (the manifest's ``threads``, the count the fit ended with)."""
+    from dip_lightning.restore_parallel import default_threads
+
+    noisy_folder(tmp_path / "in", 1)
+    (tmp_path / "in" / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    command = dip_command(
+        str(tmp_path / "in"), "-o", str(out), "--workers", "2", "--max-steps", "100",
+        "--patience", "1000", "--quiet",
+    )  # fmt: skip
+    done = subprocess.run(
+        command, env=environment(temp), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    entries = manifest(out)
+    assert entries["broken.png"]["status"].startswith("failed: cannot read image")
+    assert entries["img0.png"]["steps"] == 100
+    assert entries["img0.png"]["threads"] == 2 * default_threads(2)
+
+
 # ------------------------------------------------------------------ in one process
 
 

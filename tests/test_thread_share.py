@@ -44,6 +44,17 @@ def test_the_idle_workers_threads_go_to_the_busy_ones_when_none_are_left() -> No
     assert counts(workers) == [2, 2, 6]
 
 
+def test_a_finished_worker_that_has_exited_leaves_its_threads_to_the_busy_ones() -> None:
+    """The parent drops an exited worker from its pool; its cores stay with the last fit."""
+    setups = [{"threads": 1}] * 2
+    workers = [worker(0, 1, True), worker(1, 1, False, stopping=True)]
+    share_idle_cores(workers, setups, pending=False)
+    assert counts(workers) == [2, 1]
+    del workers[1]  # worker 1 got its stop and exited
+    share_idle_cores(workers, setups, pending=False)
+    assert counts(workers) == [2]
+
+
 def test_an_uneven_split_gives_the_remainder_to_the_first() -> None:
     setups = [{"threads": 1}] * 3
     workers = [worker(0, 1, True), worker(1, 1, True), worker(2, 1, False, stopping=True)]
