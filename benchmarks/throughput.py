@@ -109,7 +109,7 @@ def run_setting(
         raise SystemExit(f"error: {' '.join(command)} exited with {done.returncode}")
     entries = json.loads((out / "manifest.json").read_text())["inputs"]
     by_name = {Path(entry["output"]).name: entry for entry in entries}
-    psnr, seconds, steps = {}, {}, {}
+    psnr, seconds, steps, end_threads = {}, {}, {}, {}
     for name in names:
         entry = by_name[name]
         if entry["status"] != "restored":
@@ -118,6 +118,7 @@ def run_setting(
         psnr[name] = value if value is not None else file_psnr(out / name, folder / "clean" / name)
         seconds[name] = entry.get("seconds")
         steps[name] = entry.get("steps")
+        end_threads[name] = entry.get("threads")  # the count the fit ended with
     return {
         **setting,
         "wall_seconds": wall,
@@ -125,6 +126,7 @@ def run_setting(
         "psnr": psnr,
         "seconds": seconds,
         "steps": steps,
+        "end_threads": end_threads,
     }
 
 
@@ -191,13 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     header = " | ".join(f"{r['label']} PSNR" for r in results)
     diffs_header = " | ".join(f"{r['label']} - {base['label']}" for r in results[1:])
     steps_header = " | ".join(f"{r['label']} steps" for r in results)
-    print(f"| image | {header} | {diffs_header} | {steps_header} |")
-    print("|---" * (1 + 3 * len(results) - 1) + "|")
+    # the threads each fit ended with: more than its own where a finished worker's cores
+    # were handed to it
+    threads_header = " | ".join(f"{r['label']} threads at end" for r in results)
+    print(f"| image | {header} | {diffs_header} | {steps_header} | {threads_header} |")
+    print("|---" * (1 + 4 * len(results) - 1) + "|")
     for name in names:
         values = " | ".join(f"{r['psnr'][name]:.3f}" for r in results)
         diffs = " | ".join(f"{r['psnr'][name] - base['psnr'][name]:+.3f}" for r in results[1:])
         steps = " | ".join(str(r["steps"].get(name, "-")) for r in results)
-        print(f"| {name} | {values} | {diffs} | {steps} |")
+        ended = " | ".join(str(r["end_threads"].get(name) or "-") for r in results)
+        print(f"| {name} | {values} | {diffs} | {steps} | {ended} |")
     print()
     print("| setting | steps in all | seconds per step, summed over images |")
     print("|---|---|---|")
