@@ -91,19 +91,16 @@ __all__ = [
 
 log = logging.getLogger("dip_lightning")
 
+#: The keys of a record taken from a fit's metrics, in the order written.
+METRIC_KEYS = ("selected_step", "steps", "seconds", "threads", "psnr", "ssim", "batch")
+
 #: The keys of a record (and of a manifest entry), in the order written; a record holds those
 #: that apply.
 RECORD_KEYS = (
     "input",
     "output",
     "status",
-    "selected_step",
-    "steps",
-    "seconds",
-    "threads",
-    "psnr",
-    "ssim",
-    "batch",
+    *METRIC_KEYS,
     "restored_at",
     "host",
     "pid",
@@ -389,7 +386,7 @@ class OutputFolder:
                 values.update(old)
         else:
             metrics = outcome.metrics
-            for key in ("selected_step", "steps", "seconds", "threads", "psnr", "ssim", "batch"):
+            for key in METRIC_KEYS:
                 if metrics.get(key) is not None:
                     values[key] = metrics[key]
             if outcome.status in ("restored", "interrupted"):

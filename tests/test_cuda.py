@@ -202,9 +202,8 @@ def test_a_fit_on_the_gpu_syncs_with_the_host_only_at_log_steps(
         ]
 
     # the same fit 100 steps longer: the difference is what the steps themselves sync
-    count_host_syncs = load_benchmark(
-        "gpu_check"
-    ).count_host_syncs  # as benchmarks/gpu_check.py counts
+    # as benchmarks/gpu_check.py counts
+    count_host_syncs = load_benchmark("gpu_check").count_host_syncs
     short = count_host_syncs(default_fit(tmp_path / "short", 10))
     long = count_host_syncs(default_fit(tmp_path / "long", 110))
     assert short > 0  # the count sees the syncs of setting up and writing the run
